@@ -1,0 +1,36 @@
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, VaeError>;
+
+/// Errors of building, running, loading or saving the model.
+#[derive(Debug, thiserror::Error)]
+pub enum VaeError {
+    /// An error from candle (shapes, devices, kernels).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The configuration or an input does not fit the model.
+    #[error("{0}")]
+    Config(String),
+    /// A weights file lacks a tensor the model needs.
+    #[error("{file}: tensor '{name}' is missing")]
+    MissingTensor {
+        /// The weights file.
+        file: String,
+        /// The missing tensor's name.
+        name: String,
+    },
+    /// A tensor in a weights file has the wrong shape or dtype.
+    #[error("{file}: tensor '{name}' is {found}, expected {expected}")]
+    BadTensor {
+        /// The weights file.
+        file: String,
+        /// The tensor's name.
+        name: String,
+        /// What the model needs, e.g. `f32 [16, 1, 3, 3]`.
+        expected: String,
+        /// What the file holds.
+        found: String,
+    },
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    Data(#[from] vae_data::DataError),
+}

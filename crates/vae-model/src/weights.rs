@@ -1,0 +1,150 @@
+//! Parameter names, PyTorch-default initialisation, and safetensors loading/saving.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use vae_data::DataError;
+
+use crate::{KERNEL, Result, VaeConfig, VaeError};
+
+/// One parameter tensor of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// `state_dict` name, e.g. `enc.conv1.weight`.
+    pub name: String,
+    /// Shape in PyTorch's layout.
+    pub shape: Vec<usize>,
+    /// Fan-in by PyTorch's rule, which sets the default init bound `1/sqrt(fan_in)`.
+    pub fan_in: usize,
+}
+
+/// Every parameter of the model, in `state_dict` order.
+pub fn parameter_specs(cfg: &VaeConfig) -> Vec<ParamSpec> {
+    let [c1, c2] = cfg.conv_channels;
+    let [h1, h2] = cfg.hidden;
+    let kk = KERNEL * KERNEL;
+    let (ch, flat, z) = (cfg.image_channels, cfg.flat_features(), cfg.latent_dim);
+    let mut specs = Vec::new();
+    let mut layer = |name: &str, weight: Vec<usize>, fan_in: usize, bias: usize| {
+        specs.push(ParamSpec { name: format!("{name}.weight"), shape: weight, fan_in });
+        specs.push(ParamSpec { name: format!("{name}.bias"), shape: vec![bias], fan_in });
+    };
+    layer("enc.conv1", vec![c1, ch, KERNEL, KERNEL], ch * kk, c1);
+    layer("enc.conv2", vec![c2, c1, KERNEL, KERNEL], c1 * kk, c2);
+    layer("enc.linear", vec![h1, flat], flat, h1);
+    layer("enc.linear2", vec![h2, h1], h1, h2);
+    layer("enc.mu", vec![z, h2], h2, z);
+    layer("enc.var", vec![z, h2], h2, z);
+    layer("dec.linear", vec![h2, z], z, h2);
+    layer("dec.linear2", vec![h1, h2], h2, h1);
+    layer("dec.linear3", vec![flat, h1], h1, flat);
+    // PyTorch computes a ConvTranspose2d's fan-in from dim 1 of its (in, out, k, k) weight.
+    layer("dec.deconv1", vec![c2, c1, KERNEL, KERNEL], c1 * kk, c1);
+    layer("dec.deconv2", vec![c1, ch, KERNEL, KERNEL], ch * kk, ch);
+    specs
+}
+
+/// Fills `varmap` with PyTorch's default initialisation (weights and biases uniform in
+/// `±1/sqrt(fan_in)`), drawn in `state_dict` order from `StdRng::seed_from_u64(seed)`.
+pub fn init_varmap(varmap: &VarMap, cfg: &VaeConfig, seed: u64, device: &Device) -> Result<()> {
+    cfg.validate()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut data = varmap.data().lock().map_err(|_| VaeError::Config("VarMap lock poisoned".into()))?;
+    for spec in parameter_specs(cfg) {
+        let bound = 1.0 / (spec.fan_in as f32).sqrt();
+        let n: usize = spec.shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+        let tensor = Tensor::from_vec(values, spec.shape.as_slice(), device)?;
+        data.insert(spec.name, Var::from_tensor(&tensor)?);
+    }
+    Ok(())
+}
+
+/// Loads the model's parameters from a safetensors file into a new [`VarMap`].
+///
+/// Every tensor the model needs must be present as `f32` with its exact shape; the error
+/// names the first that is not. Returns the names of tensors the file holds beyond the
+/// model's (not an error: callers may warn).
+pub fn load_varmap(path: &Path, cfg: &VaeConfig, device: &Device) -> Result<(VarMap, Vec<String>)> {
+    cfg.validate()?;
+    let (mut tensors, _) = read_tensors(path, device)?;
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().map_err(|_| VaeError::Config("VarMap lock poisoned".into()))?;
+        for spec in parameter_specs(cfg) {
+            let tensor = take_tensor(path, &mut tensors, &spec.name, &spec.shape)?;
+            data.insert(spec.name, Var::from_tensor(&tensor)?);
+        }
+    }
+    let mut extra: Vec<String> = tensors.into_keys().collect();
+    extra.sort();
+    Ok((varmap, extra))
+}
+
+/// Removes tensor `name` from `tensors`, checking that it is `f32` of shape `shape`.
+pub fn take_tensor(path: &Path, tensors: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let file = path.display().to_string();
+    let tensor =
+        tensors.remove(name).ok_or_else(|| VaeError::MissingTensor { file: file.clone(), name: name.to_string() })?;
+    if tensor.dtype() != DType::F32 || tensor.dims() != shape {
+        return Err(VaeError::BadTensor {
+            file,
+            name: name.to_string(),
+            expected: format!("F32 {shape:?}"),
+            found: format!("{:?} {:?}", tensor.dtype(), tensor.dims()),
+        });
+    }
+    Ok(tensor)
+}
+
+/// Reads every tensor of a safetensors file, and its string metadata. The header is
+/// validated (offsets inside the file, sizes matching dtypes and shapes) before any
+/// tensor is built.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let bad = |e: safetensors::SafeTensorError| DataError::Format {
+        path: path.into(),
+        reason: format!("not a valid safetensors file: {e}"),
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(bad)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(bad)?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::I64 => DType::I64,
+            other => {
+                return Err(VaeError::BadTensor {
+                    file: path.display().to_string(),
+                    name,
+                    expected: "F32 or I64".into(),
+                    found: format!("{other:?}"),
+                });
+            }
+        };
+        tensors.insert(name, Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?);
+    }
+    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// The tensors of a [`VarMap`] by name, for [`save_tensors`].
+pub fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap.data().lock().map_err(|_| VaeError::Config("VarMap lock poisoned".into()))?;
+    Ok(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+}
+
+/// Writes named tensors (and optional string metadata) as safetensors, atomically
+/// (temporary file, then rename).
+pub fn save_tensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)
+        .map_err(|e| DataError::Format { path: path.into(), reason: format!("cannot serialise tensors: {e}") })?;
+    vae_data::write_atomic(path, &bytes)?;
+    Ok(())
+}
