@@ -1,1 +1,114 @@
-//! placeholder
+//! `latent-features`: encodes a dataset with a trained VAE into `[mu | logvar]` features.
+//!
+//! Every image is encoded deterministically (the posterior parameters, no sampling) and
+//! the features are written as NPY float32, with the labels as NPY int64, ready for the
+//! `classifier` stage or `numpy.load`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use candle_core::{Device, Tensor};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split, write_npy_f32, write_npy_i64};
+use vae_model::Vae;
+
+/// Which posterior parameters make up the features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum Features {
+    /// Means and log-variances concatenated, `2 × latent_dim` columns (the seed's choice)
+    MuLogvar,
+    /// Means only, `latent_dim` columns
+    Mu,
+}
+
+/// Command-line flags of `latent-features`.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about = "Encode MNIST-style images with a trained VAE into latent feature files (NPY)")]
+pub struct LatentArgs {
+    /// Trained weights, e.g. runs/NAME/model.safetensors (PyTorch state_dict names)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Directory with the IDX files (raw or .gz)
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Directory for {train,test}_latents.npy and {train,test}_labels.npy
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Columns of the feature files
+    #[arg(long, value_enum, default_value_t = Features::MuLogvar)]
+    pub features: Features,
+    /// Images per forward pass
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Encode only the first N training images
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub train_limit: Option<u32>,
+    /// Encode only the first N test images
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub test_limit: Option<u32>,
+}
+
+/// Encodes every image of `split`; returns `(rows, columns, features)`.
+pub fn encode_split(
+    vae: &Vae,
+    split: &Split,
+    features: Features,
+    batch_size: usize,
+    name: &str,
+) -> anyhow::Result<(usize, usize, Vec<f32>)> {
+    let device = Device::Cpu;
+    let indices: Vec<usize> = (0..split.len()).collect();
+    let bar = ProgressBar::new(split.len() as u64).with_prefix(name.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let started = Instant::now();
+    let mut out = Vec::new();
+    for batch in indices.chunks(batch_size) {
+        let x = Tensor::from_vec(split.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
+        let (mu, logvar) = vae.encode(&x)?;
+        let rows = match features {
+            Features::MuLogvar => Tensor::cat(&[&mu, &logvar], 1)?,
+            Features::Mu => mu,
+        };
+        out.extend(rows.flatten_all()?.to_vec1::<f32>()?);
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    let cols = out.len() / split.len().max(1);
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!("{name}: the latent features of image {} are not finite ({}): is the model diverged?", i / cols, out[i]);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!("{name}: encoded {} images in {seconds:.1} s ({:.0} images/s)", split.len(), split.len() as f64 / seconds);
+    Ok((split.len(), cols, out))
+}
+
+/// Loads the model and the dataset, encodes both splits and writes the four files.
+pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
+    let (vae, _, extra) =
+        vae_model::load_vae(&args.model, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
+    if !extra.is_empty() {
+        tracing::warn!("{} holds tensors the model does not use: {}", args.model.display(), extra.join(", "));
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    for (kind, limit, name, label) in [
+        (SplitKind::Train, args.train_limit, "train", "Training"),
+        (SplitKind::Test, args.test_limit, "test", "Testing"),
+    ] {
+        let mut split = load_split(&args.data, kind).with_context(|| format!("loading the {name} set"))?;
+        if let Some(n) = limit {
+            split.truncate(n as usize);
+        }
+        ensure!(!split.is_empty(), "the {name} set in {} is empty", args.data.display());
+        let (rows, cols, features) = encode_split(&vae, &split, args.features, args.batch_size as usize, name)?;
+        println!("Shape of {label} data :  ({rows}, {cols})");
+        write_npy_f32(&args.out.join(format!("{name}_latents.npy")), &[rows, cols], &features)?;
+        let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+        write_npy_i64(&args.out.join(format!("{name}_labels.npy")), &[rows], &labels)?;
+    }
+    Ok(())
+}

@@ -50,7 +50,7 @@ use candle_nn::{Linear, VarBuilder};
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use error::{Result, VaeError};
 pub use weights::{
-    ParamSpec, init_varmap, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor, varmap_tensors,
+    ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor, varmap_tensors,
 };
 
 /// Shape of the model. The defaults are the seed experiment's.

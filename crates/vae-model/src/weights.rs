@@ -84,6 +84,22 @@ pub fn load_varmap(path: &Path, cfg: &VaeConfig, device: &Device) -> Result<(Var
     Ok((varmap, extra))
 }
 
+/// Loads a trained model from a safetensors file, taking the latent dimension from the
+/// shape of `enc.mu.weight` (the other sizes are the seed's). Returns the model, its
+/// variables and the names of tensors the file holds beyond the model's.
+pub fn load_vae(path: &Path, device: &Device) -> Result<(crate::Vae, VarMap, Vec<String>)> {
+    let (tensors, _) = read_tensors(path, device)?;
+    let mu = tensors.get("enc.mu.weight").ok_or_else(|| VaeError::MissingTensor {
+        file: path.display().to_string(),
+        name: "enc.mu.weight".into(),
+    })?;
+    let cfg = VaeConfig { latent_dim: mu.dim(0)?, ..VaeConfig::default() };
+    drop(tensors);
+    let (varmap, extra) = load_varmap(path, &cfg, device)?;
+    let vae = crate::Vae::new(&cfg, candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    Ok((vae, varmap, extra))
+}
+
 /// Removes tensor `name` from `tensors`, checking that it is `f32` of shape `shape`.
 pub fn take_tensor(path: &Path, tensors: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
     let file = path.display().to_string();
