@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask`: the project's commands.
+//!
+//! - `cargo xtask pipeline`: train → latent features → classifier → figures → report.
+//! - `cargo xtask ci`: formatting, lints and tests, as CI runs them.
+
+mod pipeline;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project commands for the VAE toolkit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run every stage (vae-train, latent-features, classifier, viz) and write report.md
+    Pipeline(pipeline::PipelineArgs),
+    /// Check formatting, run clippy with warnings denied, and run the test suite
+    Ci,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Pipeline(args) => pipeline::run(&args),
+        Task::Ci => ci(),
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The cargo that runs us (`CARGO`), or `cargo` from the path.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+fn ci() -> anyhow::Result<()> {
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--", "--check"],
+        &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"],
+        &["test", "--workspace", "--release"],
+    ];
+    for step in steps {
+        eprintln!("$ cargo {}", step.join(" "));
+        let status = cargo().args(step).status().with_context(|| format!("running cargo {}", step[0]))?;
+        if !status.success() {
+            bail!("cargo {} failed ({status})", step.join(" "));
+        }
+    }
+    Ok(())
+}

@@ -95,7 +95,8 @@ mod tests {
         assert!((f64::from(cm.accuracy()) - metrics.accuracy).abs() < 1e-6);
         assert!((f64::from(cm.precision()) - metrics.macro_recall).abs() < 1e-6, "{}", cm.precision());
         assert!((f64::from(cm.recall()) - metrics.macro_precision).abs() < 1e-6, "{}", cm.recall());
-        let harmonic = 2.0 * metrics.macro_precision * metrics.macro_recall / (metrics.macro_precision + metrics.macro_recall);
+        let harmonic =
+            2.0 * metrics.macro_precision * metrics.macro_recall / (metrics.macro_precision + metrics.macro_recall);
         assert!((f64::from(cm.f1_score()) - harmonic).abs() < 1e-6);
     }
 

@@ -227,7 +227,10 @@ pub(crate) fn solve_binary(
     }
     let converged = violation <= params.tol && active == n;
     let support_vectors = alpha.iter().filter(|&&a| a > 0.0).count();
-    (BinaryFit { w, convergence: Convergence { iterations, max_violation: violation, converged, support_vectors } }, alpha)
+    (
+        BinaryFit { w, convergence: Convergence { iterations, max_violation: violation, converged, support_vectors } },
+        alpha,
+    )
 }
 
 #[cfg(test)]
@@ -258,7 +261,14 @@ mod tests {
     #[test]
     fn separable_2d_reaches_the_dual_optimum_and_separates() {
         // Two clusters split by x + y = 0, intercept feature appended.
-        let points = [(2.0, 1.0, 1.0), (1.5, 2.5, 1.0), (3.0, 0.5, 1.0), (-1.0, -2.0, -1.0), (-2.5, -0.5, -1.0), (-1.5, -1.5, -1.0)];
+        let points = [
+            (2.0, 1.0, 1.0),
+            (1.5, 2.5, 1.0),
+            (3.0, 0.5, 1.0),
+            (-1.0, -2.0, -1.0),
+            (-2.5, -0.5, -1.0),
+            (-1.5, -1.5, -1.0),
+        ];
         let rows: Vec<f64> = points.iter().flat_map(|&(a, b, _)| [a, b, 1.0]).collect();
         let y: Vec<f64> = points.iter().map(|p| p.2).collect();
         let params = LinearSvcParams::default();

@@ -80,10 +80,18 @@ pub fn encode_split(
     bar.finish_and_clear();
     let cols = out.len() / split.len().max(1);
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
-        anyhow::bail!("{name}: the latent features of image {} are not finite ({}): is the model diverged?", i / cols, out[i]);
+        anyhow::bail!(
+            "{name}: the latent features of image {} are not finite ({}): is the model diverged?",
+            i / cols,
+            out[i]
+        );
     }
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!("{name}: encoded {} images in {seconds:.1} s ({:.0} images/s)", split.len(), split.len() as f64 / seconds);
+    tracing::info!(
+        "{name}: encoded {} images in {seconds:.1} s ({:.0} images/s)",
+        split.len(),
+        split.len() as f64 / seconds
+    );
     Ok((split.len(), cols, out))
 }
 

@@ -11,6 +11,7 @@ mod checksum;
 mod error;
 mod idx;
 mod npy;
+pub mod seed;
 
 pub use atomic::{write_atomic, write_atomic_with};
 pub use checksum::{Manifest, sha256_file, sha256_hex};

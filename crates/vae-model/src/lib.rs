@@ -40,17 +40,18 @@
 //! # }
 //! ```
 
-mod conv;
 mod error;
+mod layers;
 mod weights;
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-pub use conv::{Conv2d, ConvTranspose2d};
 pub use error::{Result, VaeError};
+pub use layers::{Conv2d, ConvTranspose2d, Linear};
 pub use weights::{
-    ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor, varmap_tensors,
+    ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor,
+    varmap_tensors,
 };
 
 /// Shape of the model. The defaults are the seed experiment's.
@@ -122,10 +123,10 @@ impl Encoder {
         Ok(Self {
             conv1: Conv2d::new(cfg.image_channels, c1, KERNEL, vb.pp("conv1"))?,
             conv2: Conv2d::new(c1, c2, KERNEL, vb.pp("conv2"))?,
-            linear: candle_nn::linear(cfg.flat_features(), h1, vb.pp("linear"))?,
-            linear2: candle_nn::linear(h1, h2, vb.pp("linear2"))?,
-            mu: candle_nn::linear(h2, cfg.latent_dim, vb.pp("mu"))?,
-            var: candle_nn::linear(h2, cfg.latent_dim, vb.pp("var"))?,
+            linear: Linear::new(cfg.flat_features(), h1, vb.pp("linear"))?,
+            linear2: Linear::new(h1, h2, vb.pp("linear2"))?,
+            mu: Linear::new(h2, cfg.latent_dim, vb.pp("mu"))?,
+            var: Linear::new(h2, cfg.latent_dim, vb.pp("var"))?,
         })
     }
 
@@ -154,9 +155,9 @@ impl Decoder {
         let [c1, c2] = cfg.conv_channels;
         let [h1, h2] = cfg.hidden;
         Ok(Self {
-            linear: candle_nn::linear(cfg.latent_dim, h2, vb.pp("linear"))?,
-            linear2: candle_nn::linear(h2, h1, vb.pp("linear2"))?,
-            linear3: candle_nn::linear(h1, cfg.flat_features(), vb.pp("linear3"))?,
+            linear: Linear::new(cfg.latent_dim, h2, vb.pp("linear"))?,
+            linear2: Linear::new(h2, h1, vb.pp("linear2"))?,
+            linear3: Linear::new(h1, cfg.flat_features(), vb.pp("linear3"))?,
             deconv1: ConvTranspose2d::new(c2, c1, KERNEL, vb.pp("deconv1"))?,
             deconv2: ConvTranspose2d::new(c1, cfg.image_channels, KERNEL, vb.pp("deconv2"))?,
             feature_shape: (c2, cfg.feature_side(), cfg.feature_side()),

@@ -89,10 +89,9 @@ pub fn load_varmap(path: &Path, cfg: &VaeConfig, device: &Device) -> Result<(Var
 /// variables and the names of tensors the file holds beyond the model's.
 pub fn load_vae(path: &Path, device: &Device) -> Result<(crate::Vae, VarMap, Vec<String>)> {
     let (tensors, _) = read_tensors(path, device)?;
-    let mu = tensors.get("enc.mu.weight").ok_or_else(|| VaeError::MissingTensor {
-        file: path.display().to_string(),
-        name: "enc.mu.weight".into(),
-    })?;
+    let mu = tensors
+        .get("enc.mu.weight")
+        .ok_or_else(|| VaeError::MissingTensor { file: path.display().to_string(), name: "enc.mu.weight".into() })?;
     let cfg = VaeConfig { latent_dim: mu.dim(0)?, ..VaeConfig::default() };
     drop(tensors);
     let (varmap, extra) = load_varmap(path, &cfg, device)?;

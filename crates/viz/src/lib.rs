@@ -1,1 +1,120 @@
-//! placeholder
+//! `viz`: renders the seed's figures (and the ones VAE users expect) as PNG, from the
+//! files the other stages wrote. No system font or graphics library is needed: plotters
+//! draws on an in-memory bitmap with the DejaVu font compiled in.
+
+pub mod figures;
+pub mod render;
+pub mod tsne;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+use figures::{Inputs, Outcome};
+use tsne::TsneParams;
+
+/// The figures `viz` can draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Figure {
+    /// originals.png: a grid of real test digits, one row per class
+    Originals,
+    /// generated.png: prior draws decoded by the final model
+    Generated,
+    /// progress.png: the same prior draws before training and after epochs 5, 10, 15, 20
+    Progress,
+    /// reconstructions.png: test digits above their reconstructions
+    Reconstructions,
+    /// tsne.png and tsne.npy: t-SNE of the test latents, coloured by digit
+    Tsne,
+    /// confusion.png: the classifier's confusion matrix as a heat map
+    Confusion,
+    /// loss.png: losses per epoch beside the seed's
+    Loss,
+    /// latent_traversal.png: decodings along each latent dimension
+    Traversal,
+}
+
+/// Command-line flags of `viz`.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about = "Render a run's figures as PNG into RUN/figures/")]
+pub struct VizArgs {
+    /// The run directory written by vae-train (and latent-features, classifier)
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Directory with the IDX files (for the originals and the traversal's digit)
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Draw only these figures (comma-separated) [default: all]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Figure>,
+    /// Test latents embedded by t-SNE (the first N)
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub tsne_points: u32,
+    /// t-SNE gradient-descent iterations
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(250..))]
+    pub tsne_iterations: u32,
+    /// Seed of t-SNE's initial embedding
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Draws the requested figures; returns each one's outcome.
+pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
+    let inputs = Inputs { run: &args.run, data: &args.data, figures: args.run.join("figures") };
+    std::fs::create_dir_all(&inputs.figures).with_context(|| format!("creating {}", inputs.figures.display()))?;
+    let wanted = if args.only.is_empty() { Figure::value_variants().to_vec() } else { args.only.clone() };
+    let params = TsneParams { perplexity: 30.0, epochs: args.tsne_iterations as usize, theta: 0.5, seed: args.seed };
+    let mut outcomes = Vec::new();
+    for figure in wanted {
+        let outcome = match figure {
+            Figure::Originals => figures::originals(&inputs),
+            Figure::Generated => figures::generated(&inputs),
+            Figure::Progress => figures::progress(&inputs),
+            Figure::Reconstructions => figures::reconstructions(&inputs),
+            Figure::Tsne => figures::tsne(&inputs, args.tsne_points as usize, params),
+            Figure::Confusion => figures::confusion(&inputs),
+            Figure::Loss => figures::loss(&inputs),
+            Figure::Traversal => figures::traversal(&inputs),
+        }
+        .with_context(|| format!("drawing {figure:?}"))?;
+        match &outcome {
+            Outcome::Written(files, note) => tracing::info!("{figure:?}: wrote {} ({note})", files[0].display()),
+            Outcome::Skipped(why) => tracing::warn!("{figure:?}: skipped, {why}"),
+        }
+        outcomes.push((figure, outcome));
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_cells_carry_the_matrix_and_missing_inputs_are_skipped() {
+        let matrix: Vec<i64> = (0..100).map(|i| i * 7 % 13).collect();
+        let cells = figures::confusion_cells(&matrix, 10);
+        assert_eq!(cells.len(), 100);
+        for (r, c, text) in &cells {
+            assert_eq!(text.parse::<i64>().unwrap(), matrix[r * 10 + c]);
+        }
+        // A run directory with only a confusion matrix: that figure is drawn, the rest skipped.
+        let run = std::env::temp_dir().join(format!("viz-test-{}", std::process::id()));
+        std::fs::create_dir_all(&run).unwrap();
+        vae_data::write_npy_i64(&run.join("confusion.npy"), &[10, 10], &matrix).unwrap();
+        let args =
+            VizArgs::try_parse_from(["viz", "--run", run.to_str().unwrap(), "--only", "confusion,loss,tsne"]).unwrap();
+        let outcomes = run_figures(&args);
+        assert!(matches!(outcomes[0], (Figure::Confusion, Outcome::Written(..))));
+        assert!(matches!(&outcomes[1], (Figure::Loss, Outcome::Skipped(why)) if why.contains("history.json")));
+        assert!(matches!(&outcomes[2], (Figure::Tsne, Outcome::Skipped(why)) if why.contains("test_latents.npy")));
+        let png = image::open(run.join("figures/confusion.png")).unwrap();
+        assert!(png.width() > 500 && png.height() > 500);
+        std::fs::remove_dir_all(run).unwrap();
+    }
+
+    fn run_figures(args: &VizArgs) -> Vec<(Figure, Outcome)> {
+        run(args).unwrap()
+    }
+}

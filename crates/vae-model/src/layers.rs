@@ -1,4 +1,4 @@
-//! Stride-1, unpadded convolutions as im2col/col2im + batched matrix products.
+//! The model's layers: `Linear`, and stride-1 unpadded convolutions as im2col/col2im + batched matrix products.
 //!
 //! candle's CPU `conv2d` backward and `conv_transpose2d` are direct loops parallelised
 //! only over output channels, several times slower than the matrix products they amount
@@ -12,6 +12,30 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor, bail};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+
+/// `Linear(in, out)`: `y = x Wᵀ + b` with PyTorch's `(out, in)` weight.
+///
+/// Computed as `(W xᵀ)ᵀ`, so that the weight's gradient `gᵀ x` comes out contiguous in
+/// the weight's own layout; candle-nn's `x · Wᵀ` produces it transposed, and summing a
+/// transposed 18432×512 gradient into the accumulator runs candle's slow strided path.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Reads `weight` `(out, in)` and `bias` `(out)` from `vb`.
+    pub fn new(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get((out_features, in_features), "weight")?, bias: vb.get(out_features, "bias")? })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.weight.matmul(&x.t()?)?.t()?.broadcast_add(&self.bias)
+    }
+}
 
 /// `Conv2d(in, out, k)` with stride 1, no padding, and a bias.
 #[derive(Debug, Clone)]
@@ -185,6 +209,28 @@ mod tests {
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
         diff / scale
+    }
+
+    #[test]
+    fn linear_matches_candle_nn() {
+        let x = Var::from_tensor(&random(&[5, 40], 1)).unwrap();
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().unwrap();
+            data.insert("weight".into(), Var::from_tensor(&random(&[30, 40], 2)).unwrap());
+            data.insert("bias".into(), Var::from_tensor(&random(&[30], 3)).unwrap());
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let ours = Linear::new(40, 30, vb.clone()).unwrap().forward(&x).unwrap();
+        let reference = candle_nn::linear(40, 30, vb).unwrap().forward(&x).unwrap();
+        assert!(max_rel_diff(&ours, &reference) < 1e-6);
+        let weight = varmap.data().lock().unwrap()["weight"].clone();
+        let g_ours = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = reference.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [x.as_tensor(), weight.as_tensor()] {
+            assert!(max_rel_diff(g_ours.get(t).unwrap(), g_ref.get(t).unwrap()) < 1e-5);
+        }
+        assert!(g_ours.get(weight.as_tensor()).unwrap().is_contiguous(), "weight gradient in the weight's layout");
     }
 
     /// Forward and gradients of our layer against candle's kernel, for every shape the

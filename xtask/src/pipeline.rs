@@ -1,0 +1,274 @@
+//! `cargo xtask pipeline`: builds the stage binaries once, then runs each stage as its own
+//! process, passing only paths. A stage is skipped when its outputs exist, are newer than
+//! its inputs, and were made by the same command line (`--force` reruns everything);
+//! training always resumes from its checkpoint.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::{cargo, project_root, report};
+
+/// Flags of `cargo xtask pipeline`.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Run name: outputs go to runs/NAME/ [default: run-YYYY-MM-DD, or quick-YYYY-MM-DD with --quick]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output directory (overrides runs/NAME)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Dataset directory (IDX files, raw or .gz)
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Training epochs [default: 20, or 1 with --quick]
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Training batch size (vae-train's default when absent)
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Seed of every random choice
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads for training and encoding [default: all cores]
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// A smoke run of every stage in a few minutes: 1 epoch on 5,000 training images,
+    /// 1,000 test images, t-SNE of 1,000 points
+    #[arg(long)]
+    pub quick: bool,
+    /// Rerun every stage even when its outputs are up to date
+    #[arg(long)]
+    pub force: bool,
+}
+
+const BINARIES: [&str; 4] = ["vae-train", "latent-features", "classifier", "viz"];
+
+/// One stage: its binary, arguments, and the files it reads and writes.
+pub struct Stage {
+    /// Short name, used in messages and the report.
+    pub name: &'static str,
+    binary: &'static str,
+    args: Vec<String>,
+    inputs: Vec<PathBuf>,
+    /// Files the stage writes, relative to the run directory.
+    pub outputs: Vec<&'static str>,
+}
+
+/// How a stage went.
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    /// The stage's name.
+    pub name: &'static str,
+    /// Wall-clock seconds, `None` when skipped as up to date.
+    pub seconds: Option<f64>,
+}
+
+fn data_files(data: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(data) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
+}
+
+/// The four stages for `run` with `args`.
+pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
+    let path = |name: &str| run.join(name).display().to_string();
+    let data = args.data.display().to_string();
+    let epochs = args.epochs.unwrap_or(if args.quick { 1 } else { 20 });
+    let mut train = vec!["--data".into(), data.clone(), "--out".into(), run.display().to_string()];
+    train.extend(["--epochs".into(), epochs.to_string(), "--seed".into(), args.seed.to_string(), "--resume".into()]);
+    let mut features = vec!["--model".into(), path("model.safetensors"), "--data".into(), data.clone()];
+    features.extend(["--out".into(), run.display().to_string()]);
+    let mut viz = vec!["--run".into(), run.display().to_string(), "--data".into(), data, "--seed".into()];
+    viz.push(args.seed.to_string());
+    if let Some(b) = args.batch_size {
+        train.extend(["--batch-size".into(), b.to_string()]);
+    }
+    if let Some(t) = args.threads {
+        train.extend(["--threads".into(), t.to_string()]);
+    }
+    if args.quick {
+        train.extend(["--train-limit", "5000", "--test-limit", "1000"].map(String::from));
+        features.extend(["--train-limit", "5000", "--test-limit", "1000"].map(String::from));
+        viz.extend(["--tsne-points", "1000", "--tsne-iterations", "500"].map(String::from));
+    }
+    let classifier = ["train_latents", "train_labels", "test_latents", "test_labels"];
+    let classifier_args = ["--train", "--train-labels", "--test", "--test-labels"]
+        .iter()
+        .zip(classifier)
+        .flat_map(|(flag, file)| [flag.to_string(), path(&format!("{file}.npy"))])
+        .chain(["--out".into(), run.display().to_string(), "--seed".into(), args.seed.to_string()])
+        .collect();
+    let in_run = |names: &[&str]| names.iter().map(|n| run.join(n)).collect::<Vec<_>>();
+    vec![
+        Stage {
+            name: "train",
+            binary: "vae-train",
+            args: train,
+            inputs: data_files(&args.data),
+            outputs: vec!["model.safetensors", "history.npy", "history.json", "samples.safetensors", "config.json"],
+        },
+        Stage {
+            name: "latent-features",
+            binary: "latent-features",
+            args: features,
+            inputs: [in_run(&["model.safetensors"]), data_files(&args.data)].concat(),
+            outputs: vec!["train_latents.npy", "test_latents.npy", "train_labels.npy", "test_labels.npy"],
+        },
+        Stage {
+            name: "classifier",
+            binary: "classifier",
+            args: classifier_args,
+            inputs: in_run(&classifier.map(|f| format!("{f}.npy")).iter().map(String::as_str).collect::<Vec<_>>()),
+            outputs: vec!["metrics.json", "confusion.npy", "test_predictions.npy", "svm.safetensors"],
+        },
+        Stage {
+            name: "viz",
+            binary: "viz",
+            args: viz,
+            inputs: in_run(&[
+                "samples.safetensors",
+                "history.json",
+                "test_latents.npy",
+                "confusion.npy",
+                "model.safetensors",
+            ]),
+            outputs: vec![
+                "figures/originals.png",
+                "figures/generated.png",
+                "figures/progress.png",
+                "figures/reconstructions.png",
+                "figures/tsne.png",
+                "figures/confusion.png",
+                "figures/loss.png",
+                "figures/latent_traversal.png",
+            ],
+        },
+    ]
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Stage {
+    fn command_line(&self, bin_dir: &Path) -> String {
+        format!("{} {}", bin_dir.join(self.binary).display(), self.args.join(" "))
+    }
+
+    fn stamp(&self, run: &Path) -> PathBuf {
+        run.join(".stages").join(format!("{}.cmd", self.name))
+    }
+
+    /// Whether the outputs exist, are newer than every input, and came from this command.
+    fn up_to_date(&self, run: &Path, command_line: &str) -> bool {
+        let Ok(recorded) = fs::read_to_string(self.stamp(run)) else { return false };
+        let oldest_output = self.outputs.iter().map(|o| modified(&run.join(o))).collect::<Option<Vec<_>>>();
+        let newest_input = self.inputs.iter().filter_map(|i| modified(i)).max();
+        match (oldest_output.and_then(|o| o.into_iter().min()), newest_input) {
+            (Some(out), Some(inp)) => recorded == command_line && out >= inp,
+            (Some(_), None) => recorded == command_line,
+            _ => false,
+        }
+    }
+}
+
+/// A lock file that keeps a second pipeline out of the same run directory.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn acquire(run: &Path) -> anyhow::Result<Self> {
+        let path = run.join(".lock");
+        for _ in 0..2 {
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(Self(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                    if !pid.is_empty() && Path::new("/proc").join(&pid).exists() {
+                        bail!(
+                            "{} is in use by another pipeline (pid {pid}); wait for it or remove {}",
+                            run.display(),
+                            path.display()
+                        );
+                    }
+                    // The process that held it is gone: a stale lock.
+                    fs::remove_file(&path).with_context(|| format!("removing stale lock {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!("could not take the lock {}", path.display())
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn today() -> String {
+    let out = Command::new("date").arg("+%Y-%m-%d").output().ok();
+    out.and_then(|o| String::from_utf8(o.stdout).ok()).map(|s| s.trim().to_string()).unwrap_or_else(|| "run".into())
+}
+
+/// Runs the pipeline.
+pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
+    let root = project_root();
+    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", if args.quick { "quick" } else { "run" }, today()));
+    let run = args.out.clone().unwrap_or_else(|| root.join("runs").join(&name));
+    let run = if run.is_absolute() { run } else { std::env::current_dir()?.join(run) };
+    let data = if args.data.is_absolute() { args.data.clone() } else { root.join(&args.data) };
+    let args = PipelineArgs { data, ..args.clone() };
+    fs::create_dir_all(run.join(".stages")).with_context(|| format!("creating {}", run.display()))?;
+    let _lock = RunLock::acquire(&run)?;
+
+    eprintln!("building the stage binaries (release)…");
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet"]);
+    for bin in BINARIES {
+        build.args(["-p", bin]);
+    }
+    let status = build.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building the stage binaries failed ({status})");
+    }
+    let bin_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release");
+
+    let mut results = Vec::new();
+    for stage in stages(&args, &run) {
+        let command_line = stage.command_line(&bin_dir);
+        if !args.force && stage.up_to_date(&run, &command_line) {
+            eprintln!("== {}: up to date, skipped", stage.name);
+            results.push(StageResult { name: stage.name, seconds: None });
+            continue;
+        }
+        eprintln!("== {}: {command_line}", stage.name);
+        let _ = fs::remove_file(stage.stamp(&run));
+        let started = Instant::now();
+        let status = Command::new(bin_dir.join(stage.binary))
+            .args(&stage.args)
+            .current_dir(&root)
+            .status()
+            .with_context(|| format!("starting stage {} ({command_line})", stage.name))?;
+        if !status.success() {
+            bail!("stage {} failed ({status})\n  command: {command_line}", stage.name);
+        }
+        vae_data::write_atomic(&stage.stamp(&run), command_line.as_bytes())?;
+        results.push(StageResult { name: stage.name, seconds: Some(started.elapsed().as_secs_f64()) });
+    }
+    let summary = report::write(&run, &results)?;
+    println!("{summary}");
+    eprintln!("report: {}", run.join("report.md").display());
+    Ok(())
+}
