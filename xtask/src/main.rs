@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask pipeline`: train → latent features → classifier → figures → report.
 //! - `cargo xtask ci`: formatting, lints and tests, as CI runs them.
+//! - `cargo xtask bench`: the throughput benchmark (`vae-train`'s `throughput` bench).
 
 mod pipeline;
 mod report;
@@ -25,12 +26,19 @@ enum Task {
     Pipeline(pipeline::PipelineArgs),
     /// Check formatting, run clippy with warnings denied, and run the test suite
     Ci,
+    /// Measure GEMM peak, training step, per-operation costs, encoder, classifier and t-SNE
+    Bench {
+        /// Fewer repetitions (a rough figure in about a minute)
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Pipeline(args) => pipeline::run(&args),
         Task::Ci => ci(),
+        Task::Bench { quick } => bench(quick),
     }
 }
 
@@ -44,6 +52,19 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(project_root());
     cmd
+}
+
+fn bench(quick: bool) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "vae-train", "--bench", "throughput", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("the benchmark failed ({status})");
+    }
+    Ok(())
 }
 
 fn ci() -> anyhow::Result<()> {

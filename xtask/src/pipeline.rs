@@ -47,7 +47,8 @@ pub struct PipelineArgs {
     pub force: bool,
 }
 
-const BINARIES: [&str; 4] = ["vae-train", "latent-features", "classifier", "viz"];
+/// Packages whose binaries are the stages (`vae-train` also holds `vae-eval`).
+const STAGE_PACKAGES: [&str; 4] = ["vae-train", "latent-features", "classifier", "viz"];
 
 /// One stage: its binary, arguments, and the files it reads and writes.
 pub struct Stage {
@@ -76,7 +77,7 @@ fn data_files(data: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The four stages for `run` with `args`.
+/// The stages for `run` with `args`, in order.
 pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     let path = |name: &str| run.join(name).display().to_string();
     let data = args.data.display().to_string();
@@ -85,6 +86,8 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     train.extend(["--epochs".into(), epochs.to_string(), "--seed".into(), args.seed.to_string(), "--resume".into()]);
     let mut features = vec!["--model".into(), path("model.safetensors"), "--data".into(), data.clone()];
     features.extend(["--out".into(), run.display().to_string()]);
+    let mut eval = vec!["--model".into(), path("model.safetensors"), "--data".into(), data.clone()];
+    eval.extend(["--out".into(), run.display().to_string(), "--seed".into(), args.seed.to_string()]);
     let mut viz = vec!["--run".into(), run.display().to_string(), "--data".into(), data, "--seed".into()];
     viz.push(args.seed.to_string());
     if let Some(b) = args.batch_size {
@@ -97,6 +100,7 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
         train.extend(["--train-limit", "5000", "--test-limit", "1000"].map(String::from));
         features.extend(["--train-limit", "5000", "--test-limit", "1000"].map(String::from));
         viz.extend(["--tsne-points", "1000", "--tsne-iterations", "500"].map(String::from));
+        eval.extend(["--test-limit", "500", "--k", "8"].map(String::from));
     }
     let classifier = ["train_latents", "train_labels", "test_latents", "test_labels"];
     let classifier_args = ["--train", "--train-labels", "--test", "--test-labels"]
@@ -113,6 +117,13 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
             args: train,
             inputs: data_files(&args.data),
             outputs: vec!["model.safetensors", "history.npy", "history.json", "samples.safetensors", "config.json"],
+        },
+        Stage {
+            name: "eval",
+            binary: "vae-eval",
+            args: eval,
+            inputs: [in_run(&["model.safetensors"]), data_files(&args.data)].concat(),
+            outputs: vec!["eval.json"],
         },
         Stage {
             name: "latent-features",
@@ -148,6 +159,7 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
                 "figures/confusion.png",
                 "figures/loss.png",
                 "figures/latent_traversal.png",
+                "figures/interpolation.png",
             ],
         },
     ]
@@ -235,8 +247,8 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     eprintln!("building the stage binaries (release)…");
     let mut build = cargo();
     build.args(["build", "--release", "--quiet"]);
-    for bin in BINARIES {
-        build.args(["-p", bin]);
+    for package in STAGE_PACKAGES {
+        build.args(["-p", package]);
     }
     let status = build.status().context("running cargo build")?;
     if !status.success() {
@@ -271,4 +283,25 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     println!("{summary}");
     eprintln!("report: {}", run.join("report.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_pipeline_is_refused_and_a_stale_lock_is_taken_over() {
+        let run = std::env::temp_dir().join(format!("xtask-lock-{}", std::process::id()));
+        fs::create_dir_all(&run).unwrap();
+        let lock = RunLock::acquire(&run).unwrap();
+        let err = RunLock::acquire(&run).err().unwrap().to_string();
+        assert!(err.contains("in use by another pipeline"), "{err}");
+        drop(lock);
+        // A lock left by a process that no longer exists.
+        fs::write(run.join(".lock"), "4294967\n").unwrap();
+        let lock = RunLock::acquire(&run).unwrap();
+        drop(lock);
+        assert!(!run.join(".lock").exists());
+        fs::remove_dir_all(run).unwrap();
+    }
 }

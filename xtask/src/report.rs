@@ -10,7 +10,7 @@ use vae_data::seed::{SEED_LOSSES, SEED_SVM};
 use crate::pipeline::StageResult;
 
 /// Every figure the report shows, with its caption.
-pub const FIGURES: [(&str, &str); 8] = [
+pub const FIGURES: [(&str, &str); 9] = [
     ("originals.png", "Test digits (one row per class)"),
     ("progress.png", "The same 64 prior draws decoded as training progresses"),
     ("generated.png", "Generated digits after training"),
@@ -19,6 +19,7 @@ pub const FIGURES: [(&str, &str); 8] = [
     ("tsne.png", "t-SNE of the test latents"),
     ("confusion.png", "LinearSVC confusion matrix on the test latents"),
     ("latent_traversal.png", "Decodings along each latent dimension"),
+    ("interpolation.png", "Decodings along straight lines between the latent means of two test digits"),
 ];
 
 fn read_json(path: &Path) -> Value {
@@ -35,6 +36,7 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     let metrics = read_json(&run.join("metrics.json"));
     let config = read_json(&run.join("config.json"));
     let tsne = read_json(&run.join("figures/tsne.json"));
+    let eval = read_json(&run.join("eval.json"));
     let epochs = history.as_array().cloned().unwrap_or_default();
 
     let mut summary =
@@ -50,6 +52,16 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     for ((label, seed), key) in SEED_SVM.iter().zip(["accuracy", "macro_precision", "macro_recall", "macro_f1"]) {
         let ours = m[key].as_f64().map_or("–".into(), |x| format!("{x:.4}"));
         writeln!(summary, "| {label} | {ours} | {seed:.4} |")?;
+    }
+    if eval.is_object() {
+        writeln!(
+            summary,
+            "\n| test log-likelihood (nats/image, {} images) | bound |\n|---|---|\n| ELBO (k = 1) | {} |\n| IWAE (k = {}) | {} |",
+            eval["images"],
+            num(&eval["elbo"]),
+            eval["k"],
+            num(&eval["iwae"])
+        )?;
     }
     summary.push_str("\n| stage | seconds |\n|---|---|\n");
     for s in stages {

@@ -53,6 +53,9 @@ fn quick_pipeline_writes_every_documented_output_and_skips_when_up_to_date() {
     for name in ["config.json", "history.json", "samples.safetensors", "checkpoint.safetensors"] {
         assert!(f(name).is_file(), "{name}");
     }
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(f("eval.json")).unwrap()).unwrap();
+    let (elbo, iwae) = (eval["elbo"].as_f64().unwrap(), eval["iwae"].as_f64().unwrap());
+    assert!(elbo < 0.0 && iwae >= elbo, "IWAE bound {iwae} at least the ELBO {elbo}");
     let report = std::fs::read_to_string(f("report.md")).unwrap();
     for figure in [
         "originals.png",
@@ -63,6 +66,7 @@ fn quick_pipeline_writes_every_documented_output_and_skips_when_up_to_date() {
         "tsne.png",
         "confusion.png",
         "latent_traversal.png",
+        "interpolation.png",
     ] {
         assert!(report.contains(&format!("figures/{figure}")), "report.md references {figure}");
         let png = image_size(&f(&format!("figures/{figure}")));
@@ -71,7 +75,7 @@ fn quick_pipeline_writes_every_documented_output_and_skips_when_up_to_date() {
 
     // A second run finds every stage up to date.
     let second = run(&[]);
-    assert_eq!(second.matches("up to date, skipped").count(), 4, "{second}");
+    assert_eq!(second.matches("up to date, skipped").count(), 5, "{second}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 

@@ -18,3 +18,69 @@ pub use checksum::{Manifest, sha256_file, sha256_hex};
 pub use error::{DataError, Result};
 pub use idx::{IMAGE_SIDE, NUM_CLASSES, Split, SplitKind, load_split};
 pub use npy::{NpyArray, NpyData, read_npy, write_npy_f32, write_npy_i64};
+
+#[cfg(test)]
+mod mutation_tests {
+    //! A stand-in for fuzzing in every test run: thousands of randomly damaged copies of
+    //! valid files must each load or fail with an error, never panic.
+
+    use super::*;
+    use std::io::Write;
+
+    fn mutate(bytes: &[u8], state: &mut u64) -> Vec<u8> {
+        let mut next = || {
+            *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (*state >> 33) as usize
+        };
+        let mut out = bytes.to_vec();
+        match next() % 3 {
+            0 => out.truncate(next() % (bytes.len() + 1)),
+            1 => {
+                for _ in 0..1 + next() % 4 {
+                    let at = next() % out.len();
+                    out[at] = next() as u8;
+                }
+            }
+            _ => {
+                // Damage the header, where sizes live.
+                let at = next() % out.len().min(24);
+                out[at] = [0x00, 0xff, 0x7f, 0x80][next() % 4];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn damaged_idx_and_npy_files_never_panic() {
+        let dir = std::env::temp_dir().join(format!("vae-data-mutation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
+        idx.extend((0..2 * 784).map(|i| (i % 256) as u8));
+        let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 3, 9];
+        let npy_path = dir.join("a.npy");
+        write_npy_f32(&npy_path, &[4, 5], &[0.25; 20]).unwrap();
+        let npy = std::fs::read(&npy_path).unwrap();
+        let mut state = 42u64;
+        let (mut ok, mut failed) = (0, 0);
+        for i in 0..3000 {
+            let images = dir.join("t10k-images-idx3-ubyte");
+            let gz_labels = dir.join("t10k-labels-idx1-ubyte.gz");
+            std::fs::write(&images, mutate(&idx, &mut state)).unwrap();
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&labels).unwrap();
+            let gz = enc.finish().unwrap();
+            std::fs::write(&gz_labels, if i % 2 == 0 { mutate(&gz, &mut state) } else { gz }).unwrap();
+            match load_split(&dir, SplitKind::Test) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            std::fs::write(&npy_path, mutate(&npy, &mut state)).unwrap();
+            match read_npy(&npy_path) {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(failed > 1000 && ok > 10, "mutations exercised both paths: {ok} loaded, {failed} refused");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

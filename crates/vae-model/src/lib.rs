@@ -255,10 +255,42 @@ pub struct LossTerms {
 /// `binary_cross_entropy(sigmoid(l), x, reduction="sum")` without its clamping of
 /// the log to −100; KL is `−½ Σ (1 + logvar − mu² − exp(logvar))`.
 pub fn loss_terms(out: &VaeOutput, x: &Tensor) -> Result<LossTerms> {
-    let l = &out.logits;
-    let softplus = (l.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    let bce = ((l.relu()? - (l * x)?)? + softplus)?.sum_all()?;
+    let bce = bce_with_logits(&out.logits, x)?.sum_all()?;
     let kl_terms = ((out.logvar.exp()? + out.mu.sqr()?)? - &out.logvar)? - 1.0;
     let kl = (kl_terms?.sum_keepdim(D::Minus1)?.sum_all()? * 0.5)?;
     Ok(LossTerms { bce, kl })
+}
+
+/// Element-wise binary cross-entropy of targets `x` under Bernoulli logits `l`, in the
+/// stable form `max(l, 0) − l·x + log(1 + exp(−|l|))` (broadcasting `x` to `l`).
+fn bce_with_logits(l: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let softplus = (l.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok(((l.relu()? - l.broadcast_mul(x)?)? + softplus)?)
+}
+
+/// Per-image bounds on `log p(x)` (nats) from `k` importance samples.
+#[derive(Debug, Clone)]
+pub struct LikelihoodBounds {
+    /// The ELBO (k = 1 bound), averaged over the k samples: `(B,)`.
+    pub elbo: Tensor,
+    /// The importance-weighted bound `log (1/k) Σ p(x, z_i) / q(z_i | x)` (Burda et al.,
+    /// 2015), tighter than the ELBO and tending to `log p(x)` as k grows: `(B,)`.
+    pub iwae: Tensor,
+}
+
+/// Importance-weighted log-likelihood bounds of images `x` `(B, C, H, W)` with the
+/// caller's standard normal noise `eps` `(k, B, latent_dim)`.
+pub fn likelihood_bounds(vae: &Vae, x: &Tensor, eps: &Tensor) -> Result<LikelihoodBounds> {
+    let (k, b, dim) = eps.dims3()?;
+    let ln_2pi = (2.0 * std::f64::consts::PI).ln();
+    let (mu, logvar) = vae.encode(x)?;
+    let z = mu.unsqueeze(0)?.broadcast_add(&eps.broadcast_mul(&(&logvar * 0.5)?.exp()?.unsqueeze(0)?)?)?;
+    let logits = vae.decode_logits(&z.reshape((k * b, dim))?)?.reshape((k, b, ()))?;
+    let log_px_z = bce_with_logits(&logits, &x.reshape((1, b, ()))?)?.sum(2)?.neg()?;
+    let log_pz = ((z.sqr()? + ln_2pi)?.sum(2)? * -0.5)?;
+    let log_qz = ((eps.sqr()?.broadcast_add(&logvar.unsqueeze(0)?)? + ln_2pi)?.sum(2)? * -0.5)?;
+    let log_w = ((log_px_z + log_pz)? - log_qz)?;
+    let max = log_w.max_keepdim(0)?;
+    let log_mean_w = ((log_w.broadcast_sub(&max)?.exp()?.mean_keepdim(0)?.log()? + max)?).squeeze(0)?;
+    Ok(LikelihoodBounds { elbo: log_w.mean(0)?, iwae: log_mean_w })
 }

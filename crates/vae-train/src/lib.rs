@@ -11,6 +11,7 @@
 //! `config.json`.
 
 pub mod adam;
+pub mod eval;
 mod history;
 
 use std::collections::HashMap;

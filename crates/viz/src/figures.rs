@@ -9,6 +9,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use plotters::prelude::*;
 use vae_data::{IMAGE_SIDE, NUM_CLASSES, SplitKind, load_split, read_npy, seed::SEED_LOSSES, write_npy_f32};
+use vae_model::Vae;
 
 use crate::render::{Canvas, FONT, Grid, grid_canvas};
 use crate::tsne::{TsneParams, embed, knn_agreement};
@@ -289,49 +290,99 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Written(vec![out], format!("{} epochs, final test loss {t:.2} (epoch {e})", train.len())))
 }
 
-/// `latent_traversal.png`: one test digit's mean, one latent dimension per row varied
-/// over −3…3, decoded.
-pub fn traversal(inp: &Inputs) -> anyhow::Result<Outcome> {
-    let path = match inp.need("model.safetensors", "vae-train") {
-        Ok(p) => p,
-        Err(skip) => return Ok(skip),
-    };
+/// The model of the run and the posterior means of test images `indices`.
+fn encode_test_images(inp: &Inputs, indices: &[usize]) -> anyhow::Result<Option<(Vae, Vec<Vec<f32>>)>> {
+    let Ok(path) = inp.need("model.safetensors", "vae-train") else { return Ok(None) };
     let device = Device::Cpu;
     let (vae, _, _) = vae_model::load_vae(&path, &device)?;
     let test = load_split(inp.data, SplitKind::Test).context("loading the test set")?;
-    let x = Tensor::from_vec(test.gather_f32(&[0]), (1, 1, SIDE, SIDE), &device)?;
+    let x = Tensor::from_vec(test.gather_f32(indices), (indices.len(), 1, SIDE, SIDE), &device)?;
     let (mu, _) = vae.encode(&x)?;
-    let mu = flat(&mu)?;
-    let steps: Vec<f32> = (0..9).map(|i| -3.0 + 0.75 * i as f32).collect();
-    let mut z = Vec::new();
-    for d in 0..mu.len() {
-        for &v in &steps {
-            let mut row = mu.clone();
-            row[d] = v;
-            z.extend(row);
-        }
-    }
-    let decoded = vae.decode(&Tensor::from_vec(z, (mu.len() * steps.len(), mu.len()), &device)?)?;
-    let images = images_of(&decoded)?;
-    let grid = Grid { cols: steps.len(), side: SIDE, scale: 2, gap: 2 };
+    let latent = vae.config().latent_dim;
+    Ok(Some((vae, flat(&mu)?.chunks(latent).map(<[f32]>::to_vec).collect())))
+}
+
+/// Decodes latent codes (each of the model's latent dimension).
+fn decode_all(vae: &Vae, codes: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let dim = vae.config().latent_dim;
+    let z = Tensor::from_vec(codes.concat(), (codes.len(), dim), &Device::Cpu)?;
+    images_of(&vae.decode(&z)?)
+}
+
+/// Draws decoded rows with a label per row and optionally one per column.
+fn labelled_grid(images: &[Vec<f32>], cols: usize, rows: &[String], columns: &[String]) -> anyhow::Result<Canvas> {
+    let grid = Grid { cols, side: SIDE, scale: 2, gap: 2 };
     let (gw, gh) = grid.size(images.len());
-    let (left, top) = (50, 30);
+    let (left, top) = (70, if columns.is_empty() { 0 } else { 30 });
     let mut canvas = Canvas::new(gw + left, gh + top);
     grid.draw(&mut canvas, &images.iter().map(Vec::as_slice).collect::<Vec<_>>(), left, top);
     canvas.draw(|root| -> Result<(), DrawingAreaErrorKind<_>> {
-        for (i, v) in steps.iter().enumerate() {
-            let x = left as i32 + grid.origin(i).0 as i32 + 14;
-            root.draw(&Text::new(format!("{v:+.2}"), (x, 8), (FONT, 13).into_font()))?;
+        for (i, label) in columns.iter().enumerate() {
+            let x = left as i32 + grid.origin(i).0 as i32 + 12;
+            root.draw(&Text::new(label.as_str(), (x, 8), (FONT, 13).into_font()))?;
         }
-        for d in 0..mu.len() {
-            let y = top as i32 + grid.origin(d * steps.len()).1 as i32 + 20;
-            root.draw(&Text::new(format!("z{d}"), (10, y), (FONT, 15).into_font()))?;
+        for (r, label) in rows.iter().enumerate() {
+            let y = top as i32 + grid.origin(r * cols).1 as i32 + 20;
+            root.draw(&Text::new(label.as_str(), (8, y), (FONT, 15).into_font()))?;
         }
         Ok(())
     })?;
+    Ok(canvas)
+}
+
+/// `latent_traversal.png`: one test digit's mean, one latent dimension per row varied
+/// over −3…3, decoded.
+pub fn traversal(inp: &Inputs) -> anyhow::Result<Outcome> {
+    let Some((vae, means)) = encode_test_images(inp, &[0])? else {
+        return Ok(Outcome::Skipped("no model.safetensors yet (written by vae-train)".into()));
+    };
+    let mu = &means[0];
+    let steps: Vec<f32> = (0..9).map(|i| -3.0 + 0.75 * i as f32).collect();
+    let codes: Vec<Vec<f32>> = (0..mu.len())
+        .flat_map(|d| {
+            steps.iter().map(move |&v| {
+                let mut z = mu.clone();
+                z[d] = v;
+                z
+            })
+        })
+        .collect();
+    let images = decode_all(&vae, &codes)?;
+    let rows: Vec<String> = (0..mu.len()).map(|d| format!("z{d}")).collect();
+    let columns: Vec<String> = steps.iter().map(|v| format!("{v:+.2}")).collect();
     let out = inp.figures.join("latent_traversal.png");
-    canvas.save_png(&out)?;
+    labelled_grid(&images, steps.len(), &rows, &columns)?.save_png(&out)?;
     Ok(Outcome::Written(vec![out], format!("{} dimensions × {} values around test digit 0", mu.len(), steps.len())))
+}
+
+/// `interpolation.png`: decodings along the straight line between the latent means of
+/// two test digits of different classes (the first test image of each digit d and d+1).
+pub fn interpolation(inp: &Inputs) -> anyhow::Result<Outcome> {
+    let test = load_split(inp.data, SplitKind::Test).context("loading the test set")?;
+    let first = |digit: u8| test.labels.iter().position(|&l| l == digit);
+    let pairs: Vec<(u8, u8)> = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+        .into_iter()
+        .filter(|&(a, b)| first(a).is_some() && first(b).is_some())
+        .collect();
+    let indices: Vec<usize> = pairs.iter().flat_map(|&(a, b)| [first(a), first(b)]).flatten().collect();
+    let Some((vae, means)) = encode_test_images(inp, &indices)? else {
+        return Ok(Outcome::Skipped("no model.safetensors yet (written by vae-train)".into()));
+    };
+    let steps = 10;
+    let codes: Vec<Vec<f32>> = means
+        .chunks(2)
+        .flat_map(|pair| {
+            (0..steps).map(move |s| {
+                let t = s as f32 / (steps - 1) as f32;
+                pair[0].iter().zip(&pair[1]).map(|(a, b)| a + t * (b - a)).collect()
+            })
+        })
+        .collect();
+    let images = decode_all(&vae, &codes)?;
+    let rows: Vec<String> = pairs.iter().map(|(a, b)| format!("{a} → {b}")).collect();
+    let out = inp.figures.join("interpolation.png");
+    labelled_grid(&images, steps, &rows, &[])?.save_png(&out)?;
+    Ok(Outcome::Written(vec![out], format!("{} pairs × {steps} steps between latent means", pairs.len())))
 }
 
 /// `tsne.png` and `tsne.npy`: t-SNE of the first `points` test latents, coloured by digit.

@@ -33,6 +33,8 @@ pub enum Figure {
     Loss,
     /// latent_traversal.png: decodings along each latent dimension
     Traversal,
+    /// interpolation.png: decodings along lines between test digits' latent means
+    Interpolation,
 }
 
 /// Command-line flags of `viz`.
@@ -76,6 +78,7 @@ pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
             Figure::Confusion => figures::confusion(&inputs),
             Figure::Loss => figures::loss(&inputs),
             Figure::Traversal => figures::traversal(&inputs),
+            Figure::Interpolation => figures::interpolation(&inputs),
         }
         .with_context(|| format!("drawing {figure:?}"))?;
         match &outcome {

@@ -1,0 +1,211 @@
+//! `cargo xtask bench` (or `cargo bench -p vae-train --bench throughput`): measured speed
+//! of every hot path on this machine, against a measured FP32 GEMM peak.
+//!
+//! Each figure is the median over repeated runs after a warm-up, with the spread
+//! (min–max). Pass `--quick` for fewer repetitions.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use classifier::LinearSvcParams;
+use linfa::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use vae_model::{Vae, VaeConfig, init_varmap, loss_terms};
+use vae_train::adam::{Adam, AdamConfig, named_vars};
+
+/// Multiply-adds of one forward pass per image (conv1, conv2, the five encoder and
+/// three decoder linears, deconv1, deconv2).
+const FORWARD_MACS: f64 = (16.0 * 9.0 * 676.0)
+    + (32.0 * 144.0 * 576.0)
+    + (18432.0 * 512.0 + 512.0 * 256.0 + 2.0 * 256.0 * 10.0)
+    + (10.0 * 256.0 + 256.0 * 512.0 + 512.0 * 18432.0)
+    + (32.0 * 16.0 * 9.0 * 576.0)
+    + (16.0 * 9.0 * 676.0);
+/// FLOPs of one training step per image: forward, and a backward of twice its cost.
+const STEP_FLOP: f64 = 3.0 * 2.0 * FORWARD_MACS;
+
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn measure(reps: usize, mut f: impl FnMut()) -> Stats {
+    f(); // warm-up
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    Stats { median: t[t.len() / 2], min: t[0], max: t[t.len() - 1] }
+}
+
+fn ms(s: &Stats) -> String {
+    format!("{:8.1} ms (spread {:.1}–{:.1})", s.median * 1e3, s.min * 1e3, s.max * 1e3)
+}
+
+fn gemm_peak(threads: usize, reps: usize) -> f64 {
+    // SAFETY: the benchmark is single-threaded here; candle reads the variable per call.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    let dev = Device::Cpu;
+    let a = Tensor::ones((1024, 1024), DType::F32, &dev).unwrap();
+    let b = Tensor::ones((1024, 1024), DType::F32, &dev).unwrap();
+    let s = measure(reps, || {
+        black_box(a.matmul(&b).unwrap());
+    });
+    let gflops = 2.0 * 1024f64.powi(3) / s.median / 1e9;
+    println!("GEMM 1024³, {threads} thread(s): {}  → {gflops:6.1} GFLOP/s", ms(&s));
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("RAYON_NUM_THREADS") };
+    gflops
+}
+
+fn model(dev: &Device) -> (VarMap, Vae) {
+    let cfg = VaeConfig::default();
+    let varmap = VarMap::new();
+    init_varmap(&varmap, &cfg, 0, dev).unwrap();
+    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();
+    (varmap, vae)
+}
+
+fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec((0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+}
+
+fn training_step(batch: usize, reps: usize, peak: f64) {
+    let dev = Device::Cpu;
+    let (varmap, vae) = model(&dev);
+    let mut adam = Adam::new(named_vars(&varmap), AdamConfig::default());
+    let mut rng = StdRng::seed_from_u64(0);
+    let x = random(&[batch, 1, 28, 28], &mut rng);
+    let eps = random(&[batch, 10], &mut rng);
+    let s = measure(reps, || {
+        let terms = loss_terms(&vae.forward(&x, &eps).unwrap(), &x).unwrap();
+        let loss = ((terms.bce + terms.kl).unwrap() / batch as f64).unwrap();
+        adam.step(&loss.backward().unwrap()).unwrap();
+    });
+    let gflops = STEP_FLOP * batch as f64 / s.median / 1e9;
+    println!(
+        "training step, batch {batch:3}: {}  {:6.0} images/s  {gflops:5.1} GFLOP/s  {:4.1}% of peak  → {:.0} s per 60k-image training epoch",
+        ms(&s),
+        batch as f64 / s.median,
+        100.0 * gflops / peak,
+        60_000.0 / batch as f64 * s.median
+    );
+}
+
+fn per_operation(batch: usize, reps: usize) {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    init_varmap(&varmap, &VaeConfig::default(), 0, &dev).unwrap();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let mut rng = StdRng::seed_from_u64(1);
+    let layers: Vec<(&str, Box<dyn Module>, Vec<usize>)> = vec![
+        ("enc.conv1", Box::new(vae_model::Conv2d::new(1, 16, 3, vb.pp("enc.conv1")).unwrap()), vec![batch, 1, 28, 28]),
+        (
+            "enc.conv2",
+            Box::new(vae_model::Conv2d::new(16, 32, 3, vb.pp("enc.conv2")).unwrap()),
+            vec![batch, 16, 26, 26],
+        ),
+        ("enc.linear", Box::new(vae_model::Linear::new(18432, 512, vb.pp("enc.linear")).unwrap()), vec![batch, 18432]),
+        ("enc.linear2", Box::new(vae_model::Linear::new(512, 256, vb.pp("enc.linear2")).unwrap()), vec![batch, 512]),
+        ("dec.linear2", Box::new(vae_model::Linear::new(256, 512, vb.pp("dec.linear2")).unwrap()), vec![batch, 256]),
+        ("dec.linear3", Box::new(vae_model::Linear::new(512, 18432, vb.pp("dec.linear3")).unwrap()), vec![batch, 512]),
+        (
+            "dec.deconv1",
+            Box::new(vae_model::ConvTranspose2d::new(32, 16, 3, vb.pp("dec.deconv1")).unwrap()),
+            vec![batch, 32, 24, 24],
+        ),
+        (
+            "dec.deconv2",
+            Box::new(vae_model::ConvTranspose2d::new(16, 1, 3, vb.pp("dec.deconv2")).unwrap()),
+            vec![batch, 16, 26, 26],
+        ),
+    ];
+    println!("per operation at batch {batch} (forward | forward + backward):");
+    for (name, layer, shape) in layers {
+        let x = Var::from_tensor(&random(&shape, &mut rng)).unwrap();
+        let fwd = measure(reps, || {
+            black_box(layer.forward(&x).unwrap());
+        });
+        let both = measure(reps, || {
+            black_box(layer.forward(&x).unwrap().sum_all().unwrap().backward().unwrap());
+        });
+        println!("  {name:12} {} | {}", ms(&fwd), ms(&both));
+    }
+    let (varmap, vae) = model(&dev);
+    let x = random(&[batch, 1, 28, 28], &mut rng);
+    let out = vae.forward(&x, &random(&[batch, 10], &mut rng)).unwrap();
+    let loss = measure(reps, || {
+        black_box(loss_terms(&out, &x).unwrap());
+    });
+    println!("  {:12} {}", "loss", ms(&loss));
+    let mut adam = Adam::new(named_vars(&varmap), AdamConfig::default());
+    let terms = loss_terms(&out, &x).unwrap();
+    let grads = (terms.bce + terms.kl).unwrap().backward().unwrap();
+    let step = measure(reps, || adam.step(&grads).unwrap());
+    println!("  {:12} {}  (19.2 M parameters)", "adam step", ms(&step));
+}
+
+fn encoder(reps: usize) {
+    let (_, vae) = model(&Device::Cpu);
+    let x = random(&[500, 1, 28, 28], &mut StdRng::seed_from_u64(2));
+    let s = measure(reps, || {
+        black_box(vae.encode(&x).unwrap());
+    });
+    println!("encoder, batch 500: {}  {:7.0} images/s", ms(&s), 500.0 / s.median);
+}
+
+/// Ten Gaussian clusters in 20-D, a stand-in for latent features.
+fn clusters(n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<usize>) {
+    let centres: Vec<f32> = (0..200).map(|_| rng.random_range(-3.0..3.0)).collect();
+    let mut x = Vec::with_capacity(n * 20);
+    let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
+    for &l in &labels {
+        x.extend((0..20).map(|d| centres[l * 20 + d] + rng.random_range(-2.0f32..2.0)));
+    }
+    (x, labels)
+}
+
+fn classifier_fit(reps: usize) {
+    let (x, y) = clusters(60_000, &mut StdRng::seed_from_u64(3));
+    let x = ndarray::Array2::from_shape_vec((60_000, 20), x.into_iter().map(f64::from).collect()).unwrap();
+    let data = Dataset::new(x, ndarray::Array1::from(y));
+    let mut iterations = 0;
+    let s = measure(reps, || {
+        iterations =
+            LinearSvcParams::default().fit(&data).unwrap().convergence.iter().map(|c| c.iterations).max().unwrap()
+    });
+    println!("LinearSVC fit, 60000×20, 10 classes: {}  ({iterations} passes at most)", ms(&s));
+}
+
+fn tsne(reps: usize) {
+    let (x, y) = clusters(10_000, &mut StdRng::seed_from_u64(4));
+    let params = viz::tsne::TsneParams { perplexity: 30.0, epochs: 1000, theta: 0.5, seed: 0 };
+    let mut embedding = Vec::new();
+    let s = measure(reps, || embedding = viz::tsne::embed(&x, 20, params).unwrap());
+    let agreement = viz::tsne::knn_agreement(&embedding, 2, &y, 10);
+    println!("t-SNE, 10000×20, 1000 iterations: {}  (10-NN label agreement {agreement:.3})", ms(&s));
+}
+
+fn main() {
+    vae_train::tune_allocator();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let reps = if quick { 3 } else { 7 };
+    println!("threads: {} (RAYON_NUM_THREADS to change)", rayon::current_num_threads());
+    gemm_peak(1, reps);
+    let peak = gemm_peak(rayon::current_num_threads(), reps);
+    for batch in [128, 32] {
+        training_step(batch, reps, peak);
+    }
+    per_operation(128, reps);
+    encoder(reps);
+    classifier_fit(if quick { 1 } else { 3 });
+    tsne(if quick { 1 } else { 3 });
+}

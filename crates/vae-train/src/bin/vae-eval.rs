@@ -1,0 +1,18 @@
+//! The `vae-eval` binary: parses the flags and calls [`vae_train::eval::run`].
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    vae_train::tune_allocator();
+    let args = vae_train::eval::EvalArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let r = vae_train::eval::run(&args)?;
+    println!(
+        "{} test images, k = {}: ELBO {:.2} nats, IWAE bound {:.2} nats → NLL ≤ {:.2} nats ({:.1} s)",
+        r.images, r.k, r.elbo, r.iwae, r.nll_estimate, r.seconds
+    );
+    Ok(())
+}
