@@ -107,7 +107,7 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     }
     md.push_str("\n## LinearSVC\n\n");
     if let Some(matrix) = metrics["confusion"].as_array() {
-        md.push_str("Confusion matrix (rows: true digit, columns: predicted):\n\n|   | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("Confusion matrix (rows: true class, columns: predicted):\n\n|   | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (k, row) in matrix.iter().enumerate() {
             let cells: Vec<String> = row.as_array().into_iter().flatten().map(Value::to_string).collect();
             writeln!(md, "| **{k}** | {} |", cells.join(" | "))?;

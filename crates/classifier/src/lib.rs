@@ -169,7 +169,7 @@ fn write_outputs(out: &Path, model: &LinearSvc, predicted: &Array1<usize>, repor
 pub fn summary(report: &Report) -> String {
     let m = &report.metrics;
     let mut s = format!(
-        "Test Accuracy : {:.4}\nTest prec : {:.4}\nTest Recall : {:.4}\nTest Data F - Score : {:.4}\n\nConfusion matrix (rows: true digit, columns: predicted)\n",
+        "Test Accuracy : {:.4}\nTest prec : {:.4}\nTest Recall : {:.4}\nTest Data F - Score : {:.4}\n\nConfusion matrix (rows: true class, columns: predicted)\n",
         m.accuracy, m.macro_precision, m.macro_recall, m.macro_f1
     );
     s.push_str(&format!("     {}\n", (0..NUM_CLASSES).map(|k| format!("{k:>5}")).collect::<String>()));

@@ -10,6 +10,7 @@ mod atomic;
 mod checksum;
 mod error;
 mod idx;
+mod known;
 mod npy;
 pub mod seed;
 
@@ -17,6 +18,7 @@ pub use atomic::{write_atomic, write_atomic_with};
 pub use checksum::{Manifest, sha256_file, sha256_hex};
 pub use error::{DataError, Result};
 pub use idx::{IMAGE_SIDE, NUM_CLASSES, Split, SplitKind, load_split};
+pub use known::{FASHION_MNIST, KNOWN_DATASETS, KnownDataset, MNIST, class_names, identify};
 pub use npy::{NpyArray, NpyData, read_npy, write_npy_f32, write_npy_i64};
 
 #[cfg(test)]

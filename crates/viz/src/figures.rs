@@ -31,6 +31,8 @@ pub struct Inputs<'a> {
     pub data: &'a Path,
     /// `run/figures`.
     pub figures: PathBuf,
+    /// Names of classes 0–9 (digits for MNIST, garment names for Fashion-MNIST).
+    pub class_names: Vec<String>,
 }
 
 impl Inputs<'_> {
@@ -196,12 +198,12 @@ pub fn confusion(inp: &Inputs) -> anyhow::Result<Outcome> {
     let k = NUM_CLASSES;
     let (_, matrix) = read_npy(&path)?.into_i64(&path, &[Some(k), Some(k)])?;
     let row_totals: Vec<i64> = matrix.chunks(k).map(|r| r.iter().sum::<i64>().max(1)).collect();
-    let (cell, left, top) = (56i32, 80i32, 60i32);
+    let (cell, left, top) = (56i32, 150i32, 70i32);
     let size = (left + cell * k as i32 + 20) as u32;
-    let mut canvas = Canvas::new(size, size + 10);
+    let mut canvas = Canvas::new(size, (top + cell * k as i32 + 20) as u32);
     canvas.draw(|root| -> Result<(), DrawingAreaErrorKind<_>> {
         root.draw(&Text::new("Confusion matrix (test set)", (left, 12), (FONT, 20).into_font()))?;
-        root.draw(&Text::new("predicted digit →", (left + 140, 36), (FONT, 15).into_font()))?;
+        root.draw(&Text::new("predicted class →", (left + 180, 32), (FONT, 15).into_font()))?;
         for (r, c, text) in confusion_cells(&matrix, k) {
             let share = matrix[r * k + c] as f64 / row_totals[r] as f64;
             let shade = (255.0 * (1.0 - share)) as u8;
@@ -211,10 +213,11 @@ pub fn confusion(inp: &Inputs) -> anyhow::Result<Outcome> {
             root.draw(&Text::new(text, (x + 6, y + cell / 2 - 7), (FONT, 14).into_font().color(&colour)))?;
         }
         for d in 0..k as i32 {
-            root.draw(&Text::new(d.to_string(), (left + d * cell + cell / 2 - 4, top - 18), (FONT, 15).into_font()))?;
-            root.draw(&Text::new(d.to_string(), (left - 18, top + d * cell + cell / 2 - 8), (FONT, 15).into_font()))?;
+            root.draw(&Text::new(d.to_string(), (left + d * cell + cell / 2 - 4, top - 20), (FONT, 15).into_font()))?;
+            let name = format!("{d}: {}", inp.class_names[d as usize]);
+            root.draw(&Text::new(name, (8, top + d * cell + cell / 2 - 8), (FONT, 14).into_font()))?;
         }
-        root.draw(&Text::new("true", (8, top + 4 * cell), (FONT, 15).into_font()))
+        root.draw(&Text::new("true class ↓", (8, top - 18), (FONT, 15).into_font()))
     })?;
     let out = inp.figures.join("confusion.png");
     canvas.save_png(&out)?;
@@ -380,9 +383,11 @@ pub fn interpolation(inp: &Inputs) -> anyhow::Result<Outcome> {
         .collect();
     let images = decode_all(&vae, &codes)?;
     let rows: Vec<String> = pairs.iter().map(|(a, b)| format!("{a} → {b}")).collect();
+    let note = pairs.iter().map(|&(a, b)| format!("{} → {}", inp.class_names[a as usize], inp.class_names[b as usize]));
+    let note = note.collect::<Vec<_>>().join(", ");
     let out = inp.figures.join("interpolation.png");
     labelled_grid(&images, steps, &rows, &[])?.save_png(&out)?;
-    Ok(Outcome::Written(vec![out], format!("{} pairs × {steps} steps between latent means", pairs.len())))
+    Ok(Outcome::Written(vec![out], format!("{steps} steps between the latent means of {note}")))
 }
 
 /// `tsne.png` and `tsne.npy`: t-SNE of the first `points` test latents, coloured by digit.
@@ -409,7 +414,10 @@ pub fn tsne(inp: &Inputs, points: usize, params: TsneParams) -> anyhow::Result<O
     let mut canvas = Canvas::new(900, 820);
     canvas.draw(|root| -> anyhow::Result<()> {
         let mut chart = ChartBuilder::on(root)
-            .caption(format!("t-SNE of {n} test latents (perplexity {})", params.perplexity), (FONT, 22))
+            .caption(
+                format!("t-SNE of {n} test latents, coloured by class (perplexity {})", params.perplexity),
+                (FONT, 22),
+            )
             .margin(14)
             .x_label_area_size(36)
             .y_label_area_size(46)
@@ -419,7 +427,7 @@ pub fn tsne(inp: &Inputs, points: usize, params: TsneParams) -> anyhow::Result<O
             let pts = (0..n).filter(|&i| labels[i] == digit).map(|i| Circle::new((xs[i], ys[i]), 2, colour.filled()));
             chart
                 .draw_series(pts)?
-                .label(format!("digit {digit}"))
+                .label(format!("{digit}: {}", inp.class_names[digit]))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
         }
         chart

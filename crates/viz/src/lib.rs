@@ -63,7 +63,10 @@ pub struct VizArgs {
 
 /// Draws the requested figures; returns each one's outcome.
 pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
-    let inputs = Inputs { run: &args.run, data: &args.data, figures: args.run.join("figures") };
+    let class_names = vae_data::load_split(&args.data, vae_data::SplitKind::Test)
+        .map(|test| vae_data::class_names(&test.checksums))
+        .unwrap_or_else(|_| (0..10).map(|k| k.to_string()).collect());
+    let inputs = Inputs { run: &args.run, data: &args.data, figures: args.run.join("figures"), class_names };
     std::fs::create_dir_all(&inputs.figures).with_context(|| format!("creating {}", inputs.figures.display()))?;
     let wanted = if args.only.is_empty() { Figure::value_variants().to_vec() } else { args.only.clone() };
     let params = TsneParams { perplexity: 30.0, epochs: args.tsne_iterations as usize, theta: 0.5, seed: args.seed };
