@@ -197,3 +197,24 @@ fn damaged_safetensors_files_never_panic() {
     }
     assert!(refused > 500, "{refused} damaged files refused");
 }
+
+/// Weights in PyTorch's names and layouts, inputs and expected outputs computed by an
+/// independent pure-Python implementation of PyTorch's layer definitions
+/// (`tests/fixtures/make_reference.py`), for a tiny instance of the architecture.
+#[test]
+fn pytorch_layout_weights_give_the_reference_outputs() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_reference.safetensors");
+    let cfg = VaeConfig { latent_dim: 2, image_channels: 1, image_size: 6, conv_channels: [2, 3], hidden: [5, 4] };
+    let (varmap, extra) = vae_model::load_varmap(&path, &cfg, &Device::Cpu).unwrap();
+    assert_eq!(extra, ["expected.logits_of_mu", "expected.logvar", "expected.mu", "input"]);
+    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let (tensors, _) = vae_model::read_tensors(&path, &Device::Cpu).unwrap();
+    let (mu, logvar) = vae.encode(&tensors["input"]).unwrap();
+    let logits = vae.decode_logits(&mu).unwrap();
+    for (got, name) in [(mu, "expected.mu"), (logvar, "expected.logvar"), (logits, "expected.logits_of_mu")] {
+        let expected = &tensors[name];
+        assert_eq!(got.dims(), expected.dims(), "{name}");
+        let diff = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{name}: max difference {diff}");
+    }
+}
