@@ -112,7 +112,7 @@ pub fn generated(inp: &Inputs) -> anyhow::Result<Outcome> {
     let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
     let path = inp.figures.join("generated.png");
     grid_canvas(&refs, Grid { cols: 8, side: SIDE, scale: 2, gap: 2 }).save_png(&path)?;
-    Ok(Outcome::Written(vec![path], format!("{} prior draws decoded after epoch {epoch}", refs.len())))
+    Ok(Outcome::Written(vec![path], format!("{} prior draws decoded after {epoch} epochs", refs.len())))
 }
 
 /// `progress.png`: the same prior draws decoded before training and after epochs 5, 10,
@@ -138,7 +138,7 @@ pub fn progress(inp: &Inputs) -> anyhow::Result<Outcome> {
         let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
         let x = 10 + col as u32 * (gw + 10);
         grid.draw(&mut canvas, &refs, x, header);
-        let label = if *epoch == 0 { "before training".to_string() } else { format!("after epoch {epoch}") };
+        let label = if *epoch == 0 { "before training".to_string() } else { format!("after {epoch} epochs") };
         canvas.draw(|root| root.draw(&Text::new(label, (x as i32 + 4, 6), (FONT, 16).into_font())))?;
     }
     for (epoch, tensor) in &all {
@@ -152,7 +152,7 @@ pub fn progress(inp: &Inputs) -> anyhow::Result<Outcome> {
     canvas.save_png(&path)?;
     written.insert(0, path);
     let epochs: Vec<String> = chosen.iter().map(|(e, _)| e.to_string()).collect();
-    Ok(Outcome::Written(written, format!("snapshots after epochs {}", epochs.join(", "))))
+    Ok(Outcome::Written(written, format!("snapshots after {} epochs", epochs.join(", "))))
 }
 
 /// `reconstructions.png`: fixed test digits above their reconstructions by the final model.
@@ -181,7 +181,7 @@ pub fn reconstructions(inp: &Inputs) -> anyhow::Result<Outcome> {
     })?;
     let path = inp.figures.join("reconstructions.png");
     canvas.save_png(&path)?;
-    Ok(Outcome::Written(vec![path], format!("{n} test digits reconstructed (from their means) after epoch {epoch}")))
+    Ok(Outcome::Written(vec![path], format!("{n} test digits reconstructed (from their means) after {epoch} epochs")))
 }
 
 /// Cell texts of the confusion heat map: `(row, column, count)`.
@@ -253,7 +253,14 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
             .x_label_area_size(36)
             .y_label_area_size(50)
             .build_cartesian_2d(-0.5..last_epoch + 0.5, (lo - 3.0)..(hi + 3.0))?;
-        chart.configure_mesh().x_desc("epoch (0-based)").y_desc("loss").label_style((FONT, 13)).draw()?;
+        let epoch_label = |x: &f64| format!("{x:.0}");
+        chart
+            .configure_mesh()
+            .x_desc("epoch (0-based)")
+            .y_desc("loss")
+            .x_label_formatter(&epoch_label)
+            .label_style((FONT, 13))
+            .draw()?;
         for (points, colour, name) in [(&train, CLASS_COLOURS[0], "train"), (&test, CLASS_COLOURS[1], "test")] {
             chart
                 .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
@@ -277,7 +284,13 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
             .x_label_area_size(36)
             .y_label_area_size(50)
             .build_cartesian_2d(-0.5..last_epoch + 0.5, 0.0..kl_hi * 1.15 + 1.0)?;
-        chart.configure_mesh().x_desc("epoch (0-based)").y_desc("KL per image").label_style((FONT, 13)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch (0-based)")
+            .y_desc("KL per image")
+            .x_label_formatter(&epoch_label)
+            .label_style((FONT, 13))
+            .draw()?;
         for ((name, points), colour) in parts[2..].iter().zip([CLASS_COLOURS[0], CLASS_COLOURS[1]]) {
             chart
                 .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
