@@ -103,6 +103,8 @@ pub struct Report {
     pub fit_seconds: f64,
     /// The hyper-parameters.
     pub params: LinearSvcParams,
+    /// `(path, SHA-256)` of the four input files.
+    pub inputs_sha256: Vec<(PathBuf, String)>,
 }
 
 /// Fits on the training features, scores the test features and writes the outputs.
@@ -143,6 +145,10 @@ pub fn run(args: &ClassifierArgs) -> anyhow::Result<Report> {
         confusion,
         fit_seconds,
         params,
+        inputs_sha256: [&args.train, &args.train_labels, &args.test, &args.test_labels]
+            .into_iter()
+            .map(|p| Ok((p.clone(), vae_data::sha256_file(p)?)))
+            .collect::<anyhow::Result<_>>()?,
     };
     write_outputs(&args.out, &model, &predicted, &report)?;
     Ok(report)

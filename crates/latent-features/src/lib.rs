@@ -103,6 +103,14 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
         tracing::warn!("{} holds tensors the model does not use: {}", args.model.display(), extra.join(", "));
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut record = serde_json::json!({
+        "tool": "latent-features",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": args.model,
+        "model_sha256": vae_data::sha256_file(&args.model)?,
+        "features": args.features,
+        "data": args.data,
+    });
     for (kind, limit, name, label) in [
         (SplitKind::Train, args.train_limit, "train", "Training"),
         (SplitKind::Test, args.test_limit, "test", "Testing"),
@@ -117,6 +125,10 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
         write_npy_f32(&args.out.join(format!("{name}_latents.npy")), &[rows, cols], &features)?;
         let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
         write_npy_i64(&args.out.join(format!("{name}_labels.npy")), &[rows], &labels)?;
+        record[format!("{name}_shape")] = serde_json::json!([rows, cols]);
+        record[format!("{name}_inputs_sha256")] = serde_json::json!(split.checksums);
     }
+    let path = args.out.join("latent_features.json");
+    vae_data::write_atomic(&path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     Ok(())
 }
