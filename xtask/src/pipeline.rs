@@ -108,6 +108,7 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
         .zip(classifier)
         .flat_map(|(flag, file)| [flag.to_string(), path(&format!("{file}.npy"))])
         .chain(["--out".into(), run.display().to_string(), "--seed".into(), args.seed.to_string()])
+        .chain(["--rbf-samples".into(), if args.quick { "500" } else { "2000" }.into()])
         .collect();
     let in_run = |names: &[&str]| names.iter().map(|n| run.join(n)).collect::<Vec<_>>();
     vec![

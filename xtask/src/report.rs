@@ -53,6 +53,13 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
         let ours = m[key].as_f64().map_or("–".into(), |x| format!("{x:.4}"));
         writeln!(summary, "| {label} | {ours} | {seed:.4} |")?;
     }
+    if let Some([rows, _, accuracy]) = metrics["rbf"].as_array().map(Vec::as_slice) {
+        writeln!(
+            summary,
+            "| RBF-kernel SVM (linfa-svm, first {rows} training rows): accuracy | {} | – |",
+            accuracy.as_f64().map_or("–".into(), |x| format!("{x:.4}"))
+        )?;
+    }
     if eval.is_object() {
         writeln!(
             summary,
