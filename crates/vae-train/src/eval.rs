@@ -15,6 +15,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 use vae_data::{IMAGE_SIDE, SplitKind, load_split};
 
+/// Most latent codes decoded in one forward pass (k × images), bounding memory.
+const MAX_DECODES_PER_PASS: usize = 4096;
+
 /// Command-line flags of `vae-eval`.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(version, about = "Estimate the test-set negative log-likelihood with the importance-weighted bound")]
@@ -34,7 +37,7 @@ pub struct EvalArgs {
     /// Evaluate only the first N test images
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub test_limit: Option<u32>,
-    /// Images per forward pass (each decoded k times)
+    /// Images per forward pass (each decoded k times; fewer when k × N exceeds 4096)
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
     /// Seed of the importance samples
@@ -83,7 +86,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let started = Instant::now();
     let (mut elbo, mut iwae) = (0.0f64, 0.0f64);
     let indices: Vec<usize> = (0..test.len()).collect();
-    for batch in indices.chunks(args.batch_size as usize) {
+    // Each pass decodes k × images; cap that so a large --k cannot exhaust memory.
+    let per_pass = (args.batch_size as usize).min((MAX_DECODES_PER_PASS / k).max(1));
+    for batch in indices.chunks(per_pass) {
         let x = Tensor::from_vec(test.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
         let eps: Vec<f32> = (0..k * batch.len() * latent).map(|_| rng.sample(StandardNormal)).collect();
         let eps = Tensor::from_vec(eps, (k, batch.len(), latent), &device)?;

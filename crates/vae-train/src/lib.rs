@@ -166,7 +166,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
         model: cfg.clone(),
         inputs: [train.checksums.clone(), test.checksums.clone()].concat(),
     };
-    write_config(&files, args, &fingerprint)?;
 
     let varmap = VarMap::new();
     init_varmap(&varmap, &cfg, args.seed, &device)?;
@@ -181,6 +180,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
         samples = restore_samples(&files.path("samples.safetensors"), history.len(), &device)?;
         tracing::info!(epochs_done = history.len(), "resumed from {}", checkpoint.display());
     }
+    // Only now: a refused resume must leave the run's recorded configuration alone.
+    write_config(&files, args, &fingerprint)?;
     let sample_z = normal_tensor(&mut rng(args.seed, Stream::Samples, 0), (SAMPLE_COUNT, cfg.latent_dim), &device)?;
     let recon_indices: Vec<usize> = (0..RECONSTRUCTION_COUNT.min(test.len())).collect();
     let originals = images_tensor(&test, &recon_indices, &device)?;

@@ -72,9 +72,11 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
 
     // A resume with other flags is refused, naming the problem; outputs stay intact.
     let before = read(&resumed, "model.safetensors");
+    let config_before = read(&resumed, "config.json");
     let err = vae_train::run(&args(&resumed, &["--epochs", "4", "--resume", "--lr", "0.01"])).unwrap_err();
     assert!(format!("{err:#}").contains("different run"), "{err:#}");
     assert!(before == read(&resumed, "model.safetensors"));
+    assert!(config_before == read(&resumed, "config.json"), "a refused resume keeps config.json");
     for dir in [full, resumed] {
         std::fs::remove_dir_all(dir).unwrap();
     }
