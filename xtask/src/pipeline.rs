@@ -38,6 +38,10 @@ pub struct PipelineArgs {
     /// Threads for training and encoding [default: all cores]
     #[arg(long)]
     pub threads: Option<u32>,
+    /// Device for training, evaluation and encoding: cpu, or cuda / cuda:N, which builds
+    /// the stages with `--features cuda` (needs the CUDA toolkit) [default: cpu]
+    #[arg(long)]
+    pub device: Option<String>,
     /// A smoke run of every stage in a few minutes: 1 epoch on 5,000 training images,
     /// 1,000 test images, t-SNE of 1,000 points
     #[arg(long)]
@@ -95,6 +99,11 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     }
     if let Some(t) = args.threads {
         train.extend(["--threads".into(), t.to_string()]);
+    }
+    if let Some(device) = args.device.as_ref().filter(|d| *d != "cpu") {
+        for stage in [&mut train, &mut eval, &mut features] {
+            stage.extend(["--device".into(), device.clone()]);
+        }
     }
     if args.quick {
         train.extend(["--train-limit", "5000", "--test-limit", "1000"].map(String::from));
@@ -179,16 +188,19 @@ impl Stage {
         run.join(".stages").join(format!("{}.cmd", self.name))
     }
 
-    /// Whether the outputs exist, are newer than every input, and came from this command.
+    /// Whether the outputs exist, are newer than every input, came from this command, and
+    /// were not rewritten since (by a stage run by hand, or one that failed part-way).
     fn up_to_date(&self, run: &Path, command_line: &str) -> bool {
-        let Ok(recorded) = fs::read_to_string(self.stamp(run)) else { return false };
-        let oldest_output = self.outputs.iter().map(|o| modified(&run.join(o))).collect::<Option<Vec<_>>>();
+        let stamp = self.stamp(run);
+        let Ok(recorded) = fs::read_to_string(&stamp) else { return false };
+        let Some(outputs) = self.outputs.iter().map(|o| modified(&run.join(o))).collect::<Option<Vec<_>>>() else {
+            return false;
+        };
+        let (Some(oldest), Some(newest)) = (outputs.iter().min(), outputs.iter().max()) else { return false };
         let newest_input = self.inputs.iter().filter_map(|i| modified(i)).max();
-        match (oldest_output.and_then(|o| o.into_iter().min()), newest_input) {
-            (Some(out), Some(inp)) => recorded == command_line && out >= inp,
-            (Some(_), None) => recorded == command_line,
-            _ => false,
-        }
+        recorded == command_line
+            && newest_input.is_none_or(|input| *oldest >= input)
+            && modified(&stamp).is_some_and(|stamped| *newest <= stamped)
     }
 }
 
@@ -234,6 +246,31 @@ fn today() -> String {
     out.and_then(|o| String::from_utf8(o.stdout).ok()).map(|s| s.trim().to_string()).unwrap_or_else(|| "run".into())
 }
 
+/// A command for a stage process that dies with the pipeline: after a `kill -9` of the
+/// pipeline, an orphaned stage must not go on writing into a run directory that the
+/// next pipeline (taking over the stale lock) is writing too.
+fn stage_command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+        // functions (prctl, getppid, _exit).
+        unsafe {
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The pipeline may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    command
+}
+
 /// Runs the pipeline.
 pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     let root = project_root();
@@ -250,6 +287,9 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     build.args(["build", "--release", "--quiet"]);
     for package in STAGE_PACKAGES {
         build.args(["-p", package]);
+    }
+    if args.device.as_ref().is_some_and(|d| d != "cpu") {
+        build.args(["--features", "vae-train/cuda,latent-features/cuda"]);
     }
     let status = build.status().context("running cargo build")?;
     if !status.success() {
@@ -269,7 +309,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
         eprintln!("== {}: {command_line}", stage.name);
         let _ = fs::remove_file(stage.stamp(&run));
         let started = Instant::now();
-        let status = Command::new(bin_dir.join(stage.binary))
+        let status = stage_command(&bin_dir.join(stage.binary))
             .args(&stage.args)
             .current_dir(&root)
             .status()
@@ -304,5 +344,32 @@ mod tests {
         drop(lock);
         assert!(!run.join(".lock").exists());
         fs::remove_dir_all(run).unwrap();
+    }
+
+    #[test]
+    fn device_reaches_the_model_stages_only() {
+        let args = |device: Option<&str>| PipelineArgs {
+            name: None,
+            out: None,
+            data: PathBuf::from("data/mnist"),
+            epochs: None,
+            batch_size: None,
+            seed: 0,
+            threads: None,
+            device: device.map(String::from),
+            quick: true,
+            force: false,
+        };
+        let with_device = |device| -> Vec<&str> {
+            stages(&args(device), Path::new("/tmp/run"))
+                .into_iter()
+                .filter(|stage| stage.args.windows(2).any(|w| w[0] == "--device" && w[1] == "cuda:1"))
+                .map(|stage| stage.name)
+                .collect()
+        };
+        assert_eq!(with_device(Some("cuda:1")), ["train", "eval", "latent-features"]);
+        assert!(with_device(None).is_empty());
+        let cpu = stages(&args(Some("cpu")), Path::new("/tmp/run"));
+        assert!(cpu.iter().all(|stage| !stage.args.contains(&"--device".to_string())), "cpu is the default");
     }
 }

@@ -1,8 +1,11 @@
 //! Runs `cargo xtask pipeline --quick` end to end on the real MNIST files and checks the
-//! files of the README's stage table: present, with the documented shapes and dtypes.
+//! files of the README's stage table: present, with the documented shapes and dtypes;
+//! then kills it at random moments and fails its writes, and checks that nothing is lost.
 
-use std::path::Path;
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use vae_data::read_npy;
 
@@ -85,4 +88,122 @@ fn image_size(path: &Path) -> (u32, u32) {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", path.display());
     let be = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     (be(16), be(20))
+}
+
+/// Checks that every file under `dir` is complete and valid for its kind; leftovers of
+/// writes that a kill interrupted (`.NAME.PID.tmp`) are allowed, never taken for outputs.
+fn assert_every_file_complete(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_every_file_complete(&path);
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(&path).unwrap();
+        let ext = path.extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_default();
+        match ext.as_str() {
+            "tmp" if name.starts_with('.') => {}
+            "npy" => drop(read_npy(&path).unwrap_or_else(|e| panic!("{e}"))),
+            "json" => {
+                drop(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")))
+            }
+            "safetensors" => drop(vae_model::read_tensors(&path, &candle_core::Device::Cpu).unwrap()),
+            // A PNG is complete when it ends with the IEND chunk.
+            "png" => assert!(bytes.ends_with(b"IEND\xaeB`\x82"), "{} is cut short", path.display()),
+            "md" | "cmd" | "lock" | "" => assert!(std::str::from_utf8(&bytes).is_ok(), "{}", path.display()),
+            _ => panic!("unexpected file {}", path.display()),
+        }
+    }
+}
+
+/// Stage processes still alive (not zombies) whose command line mentions `dir`.
+fn live_processes_using(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let proc = entry.path();
+        let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
+        if cmdline.contains(&needle) && !zombie {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+/// `kill -9` of the pipeline at several moments (spread over the stages, jittered by the
+/// process id, printed on failure): the running stage dies with it, every file left is
+/// complete, and a rerun finishes. Then a stage run by hand whose writes fail part-way
+/// (a file-size limit, as on a full disk) exits with a clear error, leaves every file
+/// valid and the one it failed on untouched, and the pipeline notices and redoes it.
+#[test]
+fn killed_pipeline_leaves_only_complete_files_and_a_rerun_finishes() {
+    let out = std::env::temp_dir().join(format!("xtask-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let pipeline = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command.args(["pipeline", "--quick", "--out", out.to_str().unwrap()]);
+        command
+    };
+    let jitter = u64::from(std::process::id() % 1000);
+    let delays: Vec<u64> = [2_000, 9_000, 20_000, 35_000, 50_000].iter().map(|d| d + jitter * 3).collect();
+    for &delay in &delays {
+        let mut child = pipeline().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(delay) && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let mut alive = live_processes_using(&out);
+        for _ in 0..50 {
+            if alive.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            alive = live_processes_using(&out);
+        }
+        assert!(alive.is_empty(), "killed after {delay} ms (delays {delays:?}), still running: {alive:?}");
+        assert_every_file_complete(&out);
+    }
+    let output = pipeline().output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "rerun after kills at {delays:?} ms failed:\n{log}");
+    assert_every_file_complete(&out);
+
+    // The classifier by hand, with writes limited to 4 KiB: confusion.npy (928 bytes)
+    // fits, test_predictions.npy (8 KiB) does not.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let bin =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release");
+    let before = std::fs::read(out.join("test_predictions.npy")).unwrap();
+    let f = |name: &str| out.join(name).to_string_lossy().to_string();
+    let mut classifier = Command::new(bin.join("classifier"));
+    classifier.args(["--train", &f("train_latents.npy"), "--train-labels", &f("train_labels.npy")]);
+    classifier.args(["--test", &f("test_latents.npy"), "--test-labels", &f("test_labels.npy")]);
+    classifier.args(["--out", &f(""), "--c", "0.5"]);
+    // SAFETY: setrlimit and signal are async-signal-safe.
+    unsafe {
+        classifier.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 4096, rlim_max: 4096 };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            // Without this the kernel kills the process (SIGXFSZ) instead of failing the write.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let failed = classifier.output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "the write over the limit must fail:\n{stderr}");
+    assert!(stderr.contains("test_predictions.npy") && !stderr.contains("panicked"), "clear error:\n{stderr}");
+    assert_eq!(std::fs::read(out.join("test_predictions.npy")).unwrap(), before, "failed write left the old file");
+    assert_every_file_complete(&out);
+    assert!(!std::fs::read_dir(&out).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")));
+    let output = pipeline().output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success() && log.contains("== classifier: /"), "classifier redone:\n{log}");
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -48,17 +48,20 @@ pub struct LatentArgs {
     /// Encode only the first N test images
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub test_limit: Option<u32>,
+    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
-/// Encodes every image of `split`; returns `(rows, columns, features)`.
+/// Encodes every image of `split` on `device`; returns `(rows, columns, features)`.
 pub fn encode_split(
     vae: &Vae,
     split: &Split,
     features: Features,
     batch_size: usize,
     name: &str,
+    device: &Device,
 ) -> anyhow::Result<(usize, usize, Vec<f32>)> {
-    let device = Device::Cpu;
     let indices: Vec<usize> = (0..split.len()).collect();
     let bar = ProgressBar::new(split.len() as u64).with_prefix(name.to_string());
     bar.set_style(
@@ -68,7 +71,7 @@ pub fn encode_split(
     let started = Instant::now();
     let mut out = Vec::new();
     for batch in indices.chunks(batch_size) {
-        let x = Tensor::from_vec(split.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
+        let x = Tensor::from_vec(split.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
         let (mu, logvar) = vae.encode(&x)?;
         let rows = match features {
             Features::MuLogvar => Tensor::cat(&[&mu, &logvar], 1)?,
@@ -97,8 +100,9 @@ pub fn encode_split(
 
 /// Loads the model and the dataset, encodes both splits and writes the four files.
 pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
+    let device = vae_model::device(&args.device)?;
     let (vae, _, extra) =
-        vae_model::load_vae(&args.model, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
+        vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     if !extra.is_empty() {
         tracing::warn!("{} holds tensors the model does not use: {}", args.model.display(), extra.join(", "));
     }
@@ -120,7 +124,8 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
             split.truncate(n as usize);
         }
         ensure!(!split.is_empty(), "the {name} set in {} is empty", args.data.display());
-        let (rows, cols, features) = encode_split(&vae, &split, args.features, args.batch_size as usize, name)?;
+        let (rows, cols, features) =
+            encode_split(&vae, &split, args.features, args.batch_size as usize, name, &device)?;
         println!("Shape of {label} data :  ({rows}, {cols})");
         write_npy_f32(&args.out.join(format!("{name}_latents.npy")), &[rows, cols], &features)?;
         let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();

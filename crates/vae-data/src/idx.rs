@@ -127,27 +127,37 @@ fn locate(dir: &Path, stem: &str) -> Result<(PathBuf, String)> {
 }
 
 /// A decoded IDX file of unsigned bytes.
-struct Idx {
-    dims: Vec<usize>,
-    data: Vec<u8>,
-    /// SHA-256 of the decompressed file (header and data).
-    sha256: String,
+#[derive(Debug, Clone)]
+pub struct IdxArray {
+    /// Dimensions from the header, outermost first.
+    pub dims: Vec<usize>,
+    /// The elements, row-major.
+    pub data: Vec<u8>,
+    /// SHA-256 of the decompressed file (header and data), hex.
+    pub sha256: String,
 }
 
 /// Reads an IDX file of `u8` with `ndims` dimensions. A `.gz` name means gzip.
-///
-/// The data size the header claims is checked against the file before any buffer of
-/// that size exists: for a raw file against its length; for gzip by reading at most the
-/// claimed size into a buffer that grows only as bytes actually arrive.
-fn read_idx(path: &Path, ndims: usize) -> Result<Idx> {
+fn read_idx(path: &Path, ndims: usize) -> Result<IdxArray> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let gzip = path.extension().is_some_and(|e| e == "gz");
-    let mut reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
-    } else {
-        Box::new(BufReader::new(file))
-    };
+    decode_idx_from(path, BufReader::new(file), file_len, gzip, ndims)
+}
+
+/// Decodes the bytes of an IDX file held in memory (gzip-compressed when `gzip`), as
+/// the dataset loader does; `path` only names the source in errors.
+pub fn decode_idx(path: &Path, bytes: &[u8], gzip: bool, ndims: usize) -> Result<IdxArray> {
+    decode_idx_from(path, bytes, bytes.len() as u64, gzip, ndims)
+}
+
+/// Decodes an IDX stream of `len` stored bytes.
+///
+/// The data size the header claims is checked against the input before any buffer of
+/// that size exists: for raw input against its length; for gzip by reading at most the
+/// claimed size into a buffer that grows only as bytes actually arrive.
+fn decode_idx_from(path: &Path, input: impl Read, file_len: u64, gzip: bool, ndims: usize) -> Result<IdxArray> {
+    let mut reader: Box<dyn Read> = if gzip { Box::new(flate2::read::GzDecoder::new(input)) } else { Box::new(input) };
     let read_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => DataError::format(path, "file is truncated"),
         std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData if gzip => {
@@ -199,7 +209,7 @@ fn read_idx(path: &Path, ndims: usize) -> Result<Idx> {
     }
     header.extend_from_slice(&data);
     let sha256 = sha256_hex(&header);
-    Ok(Idx { dims, data, sha256 })
+    Ok(IdxArray { dims, data, sha256 })
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ pub mod seed;
 pub use atomic::{write_atomic, write_atomic_with};
 pub use checksum::{Manifest, sha256_file, sha256_hex};
 pub use error::{DataError, Result};
-pub use idx::{IMAGE_SIDE, NUM_CLASSES, Split, SplitKind, load_split};
+pub use idx::{IMAGE_SIDE, IdxArray, NUM_CLASSES, Split, SplitKind, decode_idx, load_split};
 pub use known::{FASHION_MNIST, KNOWN_DATASETS, KnownDataset, MNIST, class_names, identify};
-pub use npy::{NpyArray, NpyData, read_npy, write_npy_f32, write_npy_i64};
+pub use npy::{NpyArray, NpyData, decode_npy, read_npy, write_npy_f32, write_npy_i64};
 
 #[cfg(test)]
 mod mutation_tests {

@@ -109,6 +109,12 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], len: usize, body: &[u8])
 /// what the shape and dtype require before converting it.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_npy(path, &bytes)
+}
+
+/// Decodes the bytes of an NPY file held in memory, as [`read_npy`] does; `path` only
+/// names the source in errors.
+pub fn decode_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
     let bad = |reason: String| DataError::format(path, reason);
     if bytes.len() < MAGIC.len() + 2 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(bad("not an NPY file (bad magic)".into()));

@@ -44,7 +44,7 @@ mod error;
 mod layers;
 mod weights;
 
-use candle_core::{D, Module, Tensor};
+use candle_core::{D, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 pub use error::{Result, VaeError};
@@ -53,6 +53,25 @@ pub use weights::{
     ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor,
     varmap_tensors,
 };
+
+/// The device named by `spec`: `cpu`, or `cuda` / `cuda:N` (GPU N), which needs a build
+/// with the `cuda` feature and a CUDA device; anything else is a clear error.
+pub fn device(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Some(0),
+        other => other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(ordinal) = ordinal else {
+        return Err(VaeError::Config(format!("unknown device '{spec}': expected cpu, cuda or cuda:N")));
+    };
+    Device::new_cuda(ordinal).map_err(|e| {
+        VaeError::Config(format!(
+            "device {spec} is not available ({e}); CUDA needs a build with `--features cuda` \
+             on a machine with the CUDA toolkit"
+        ))
+    })
+}
 
 /// Shape of the model. The defaults are the seed experiment's.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -122,9 +122,29 @@ fn save_load_reproduces_outputs_and_bad_files_are_errors() {
     save_tensors(&path, &bad, None).unwrap();
     let err = load_vae(&path, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("enc.conv2.weight") && err.contains("[32, 16, 5, 5]"), "{err}");
-    std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    let mut wrong_dtype = varmap_tensors(&varmap).unwrap();
+    wrong_dtype.insert("enc.conv2.weight".into(), Tensor::zeros((32, 16, 3, 3), DType::I64, &Device::Cpu).unwrap());
+    save_tensors(&path, &wrong_dtype, None).unwrap();
     let err = load_vae(&path, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("not a valid safetensors file"), "{err}");
+    assert!(err.contains("enc.conv2.weight") && err.contains("I64"), "{err}");
+    // Hand-made headers: a header length beyond the file, offsets outside the data, a
+    // dtype the toolkit never writes.
+    let header = |json: &str, data: usize| {
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data));
+        bytes
+    };
+    let cases = [
+        (b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage".to_vec(), "not a valid safetensors file"),
+        (header(r#"{"enc.mu.bias":{"dtype":"F32","shape":[10],"data_offsets":[0,4000]}}"#, 40), "not a valid"),
+        (header(r#"{"enc.mu.bias":{"dtype":"F64","shape":[10],"data_offsets":[0,80]}}"#, 80), "F32 or I64"),
+    ];
+    for (bytes, expected) in cases {
+        std::fs::write(&path, bytes).unwrap();
+        let err = load_vae(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains(expected) && err.contains("model.safetensors"), "{expected}: {err}");
+    }
     let err = vae.encode(&Tensor::zeros((2, 1, 14, 14), DType::F32, &Device::Cpu).unwrap()).unwrap_err().to_string();
     assert!(err.contains("14x14"), "{err}");
 }
@@ -216,5 +236,20 @@ fn pytorch_layout_weights_give_the_reference_outputs() {
         assert_eq!(got.dims(), expected.dims(), "{name}");
         let diff = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "{name}: max difference {diff}");
+    }
+}
+
+#[test]
+fn device_names_are_parsed_and_unavailable_ones_are_clear_errors() {
+    assert!(vae_model::device("cpu").unwrap().is_cpu());
+    for bad in ["gpu", "cuda:x", "cuda:", ""] {
+        let err = vae_model::device(bad).unwrap_err().to_string();
+        assert!(err.contains("expected cpu, cuda or cuda:N"), "{bad}: {err}");
+    }
+    // Without the feature (as in CI), CUDA is refused with the way to get it.
+    #[cfg(not(feature = "cuda"))]
+    for spec in ["cuda", "cuda:1"] {
+        let err = vae_model::device(spec).unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{spec}: {err}");
     }
 }

@@ -97,6 +97,13 @@ impl Adam {
     /// their value (their moments still decay, as in PyTorch only when a gradient
     /// exists — so they are skipped entirely).
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.update(grads, false)
+    }
+
+    /// [`Adam::step`]; CPU tensors are updated in place by the fused op unless
+    /// `force_host`, other devices (CUDA) through a copy on the host, where the moments
+    /// live.
+    fn update(&mut self, grads: &GradStore, force_host: bool) -> candle_core::Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bias1 = 1.0 - self.cfg.beta1.powi(t);
@@ -111,7 +118,13 @@ impl Adam {
                 bias2_sqrt: bias2.sqrt() as f32,
                 eps: self.cfg.eps as f32,
             };
-            param.as_tensor().inplace_op2(grad, &update)?;
+            if param.device().is_cpu() && !force_host {
+                param.as_tensor().inplace_op2(grad, &update)?;
+            } else {
+                let mut values = param.flatten_all()?.to_vec1::<f32>()?;
+                update.apply(&mut values, &grad.flatten_all()?.to_vec1::<f32>()?)?;
+                param.set(&Tensor::from_vec(values, param.shape(), param.device())?)?;
+            }
         }
         Ok(())
     }
@@ -139,9 +152,15 @@ impl candle_core::InplaceOp2 for AdamUpdate<'_> {
         let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets()) else {
             candle_core::bail!("adam-update: parameters and gradients must be contiguous");
         };
+        self.apply(&mut p[p0..p1], &g[g0..g1])
+    }
+}
+
+impl AdamUpdate<'_> {
+    /// Updates parameter values `p` from gradient `g` and the moments, in parallel chunks.
+    fn apply(&self, p: &mut [f32], g: &[f32]) -> candle_core::Result<()> {
         let mut moments = self.moments.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
         let Moments { m, v } = &mut *moments;
-        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
         if p.len() != g.len() || p.len() != m.len() {
             candle_core::bail!("adam-update: size mismatch");
         }
@@ -201,5 +220,21 @@ mod tests {
             assert!((f64::from(got[i]) - expected[i]).abs() < 1e-5, "{got:?} vs {expected:?}");
         }
         assert_eq!(adam.step_count(), 2);
+    }
+
+    /// The host path that other devices take gives exactly the fused in-place result.
+    #[test]
+    fn host_path_matches_the_fused_op() {
+        let start = Tensor::new(&[[0.5f32, -1.5, 2.0], [3.0, -0.25, 1.0]], &Device::Cpu).unwrap();
+        let run = |force_host: bool| {
+            let x = Var::from_tensor(&start).unwrap();
+            let mut adam = Adam::new(vec![("x".into(), x.clone())], AdamConfig::default());
+            for _ in 0..3 {
+                let loss = x.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
+                adam.update(&loss.backward().unwrap(), force_host).unwrap();
+            }
+            (x.as_tensor().to_vec2::<f32>().unwrap(), adam.moments(0).v)
+        };
+        assert_eq!(run(true), run(false));
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -43,6 +43,9 @@ pub struct EvalArgs {
     /// Seed of the importance samples
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Estimated bounds, in nats per image, averaged over the evaluated images.
@@ -66,7 +69,7 @@ pub struct EvalReport {
 
 /// Evaluates the model and writes `eval.json`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
-    let device = Device::Cpu;
+    let device = vae_model::device(&args.device)?;
     let (vae, _, _) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     let mut test = load_split(&args.data, SplitKind::Test).context("loading the test set")?;

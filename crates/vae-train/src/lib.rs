@@ -60,6 +60,9 @@ pub struct TrainArgs {
     /// Worker threads for the matrix kernels and the optimiser [default: all cores]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Train on only the first N training images
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub train_limit: Option<u32>,
@@ -141,7 +144,7 @@ impl RunFiles {
 
 /// Trains as `args` say; returns the history of all epochs (those resumed included).
 pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
-    let device = Device::Cpu;
+    let device = vae_model::device(&args.device)?;
     let files = RunFiles::new(&args.out);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating run directory {}", args.out.display()))?;
     ensure!(args.out.is_dir(), "{} is not a directory", args.out.display());
