@@ -6,20 +6,21 @@ use std::path::Path;
 
 use serde_json::Value;
 use vae_data::seed::{SEED_LOSSES, SEED_SVM};
+use vae_data::{KnownDataset, MNIST};
 
 use crate::pipeline::StageResult;
 
 /// Every figure the report shows, with its caption.
 pub const FIGURES: [(&str, &str); 9] = [
-    ("originals.png", "Test digits (one row per class)"),
+    ("originals.png", "Test images (one row per class)"),
     ("progress.png", "The same 64 prior draws decoded as training progresses"),
-    ("generated.png", "Generated digits after training"),
-    ("reconstructions.png", "Test digits (top) and their reconstructions (bottom)"),
+    ("generated.png", "Generated images after training"),
+    ("reconstructions.png", "Test images (top) and their reconstructions (bottom)"),
     ("loss.png", "Loss per epoch, with the seed's published points"),
     ("tsne.png", "t-SNE of the test latents"),
     ("confusion.png", "LinearSVC confusion matrix on the test latents"),
     ("latent_traversal.png", "Decodings along each latent dimension"),
-    ("interpolation.png", "Decodings along straight lines between the latent means of two test digits"),
+    ("interpolation.png", "Decodings along straight lines between the latent means of two test images"),
 ];
 
 fn read_json(path: &Path) -> Value {
@@ -30,7 +31,16 @@ fn num(v: &Value) -> String {
     v.as_f64().map_or("–".into(), |x| format!("{x:.2}"))
 }
 
+/// The known dataset the run trained on, from the checksums in its `config.json`.
+fn dataset(config: &Value) -> Option<&'static KnownDataset> {
+    let sums = config["inputs_sha256"].as_object()?;
+    let checksums: Vec<(String, String)> =
+        sums.iter().filter_map(|(name, sum)| Some((name.clone(), sum.as_str()?.to_string()))).collect();
+    vae_data::identify(&checksums)
+}
+
 /// Writes `run/report.md`; returns the summary table (Markdown, also fine on a terminal).
+/// The seed's published figures appear beside this run's only when it trained on MNIST.
 pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     let history = read_json(&run.join("history.json"));
     let metrics = read_json(&run.join("metrics.json"));
@@ -38,26 +48,46 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     let tsne = read_json(&run.join("figures/tsne.json"));
     let eval = read_json(&run.join("eval.json"));
     let epochs = history.as_array().cloned().unwrap_or_default();
+    let dataset = dataset(&config);
+    let with_seed = dataset.is_some_and(|d| d.name == MNIST.name);
+    let class_names: Vec<String> = match dataset {
+        Some(d) => d.class_names.iter().map(|s| s.to_string()).collect(),
+        None => (0..10).map(|k| k.to_string()).collect(),
+    };
 
-    let mut summary =
-        String::from("| epoch | train loss | seed train | test loss | seed test |\n|---|---|---|---|---|\n");
-    for (epoch, seed_train, seed_test) in SEED_LOSSES {
-        let ours = epochs.iter().find(|h| h["epoch"].as_u64() == Some(u64::from(epoch)));
-        let (train, test) =
-            ours.map_or(("–".into(), "–".into()), |h| (num(&h["train_loss"]), num(&h["test_loss"])));
-        writeln!(summary, "| {epoch} | {train} | {seed_train:.2} | {test} | {seed_test:.2} |")?;
+    let mut summary = String::new();
+    if with_seed {
+        summary.push_str("| epoch | train loss | seed train | test loss | seed test |\n|---|---|---|---|---|\n");
+        for (epoch, seed_train, seed_test) in SEED_LOSSES {
+            let ours = epochs.iter().find(|h| h["epoch"].as_u64() == Some(u64::from(epoch)));
+            let (train, test) =
+                ours.map_or(("–".into(), "–".into()), |h| (num(&h["train_loss"]), num(&h["test_loss"])));
+            writeln!(summary, "| {epoch} | {train} | {seed_train:.2} | {test} | {seed_test:.2} |")?;
+        }
+    } else {
+        summary.push_str("| epoch | train loss | test loss |\n|---|---|---|\n");
+        for h in &epochs {
+            writeln!(summary, "| {} | {} | {} |", h["epoch"], num(&h["train_loss"]), num(&h["test_loss"]))?;
+        }
     }
-    summary.push_str("\n| LinearSVC (test) | this run | seed |\n|---|---|---|\n");
+    let seed_cell = |text: String| if with_seed { format!(" {text} |") } else { String::new() };
+    writeln!(
+        summary,
+        "\n| LinearSVC (test) | this run |{}\n|---|---|{}",
+        seed_cell("seed".into()),
+        seed_cell("---".into())
+    )?;
     let m = &metrics["metrics"];
     for ((label, seed), key) in SEED_SVM.iter().zip(["accuracy", "macro_precision", "macro_recall", "macro_f1"]) {
         let ours = m[key].as_f64().map_or("–".into(), |x| format!("{x:.4}"));
-        writeln!(summary, "| {label} | {ours} | {seed:.4} |")?;
+        writeln!(summary, "| {label} | {ours} |{}", seed_cell(format!("{seed:.4}")))?;
     }
     if let Some([rows, _, accuracy]) = metrics["rbf"].as_array().map(Vec::as_slice) {
         writeln!(
             summary,
-            "| RBF-kernel SVM (linfa-svm, first {rows} training rows): accuracy | {} | – |",
-            accuracy.as_f64().map_or("–".into(), |x| format!("{x:.4}"))
+            "| RBF-kernel SVM (linfa-svm, first {rows} training rows): accuracy | {} |{}",
+            accuracy.as_f64().map_or("–".into(), |x| format!("{x:.4}")),
+            seed_cell("–".into())
         )?;
     }
     if eval.is_object() {
@@ -76,7 +106,7 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
         writeln!(summary, "| {} | {t} |", s.name)?;
     }
 
-    let mut md = String::from("# VAE on MNIST: run report\n\n");
+    let mut md = format!("# VAE on {}: run report\n\n", dataset.map_or("an unrecognised dataset", |d| d.name));
     writeln!(
         md,
         "Run directory `{}`, generated by `cargo xtask pipeline` from the files the stages wrote.\n",
@@ -114,10 +144,15 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     }
     md.push_str("\n## LinearSVC\n\n");
     if let Some(matrix) = metrics["confusion"].as_array() {
-        md.push_str("Confusion matrix (rows: true class, columns: predicted):\n\n|   | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for (k, row) in matrix.iter().enumerate() {
+        writeln!(
+            md,
+            "Confusion matrix (rows: true class, columns: predicted):\n\n|   | {} |\n|---|{}",
+            class_names.join(" | "),
+            "---|".repeat(class_names.len())
+        )?;
+        for (row, name) in matrix.iter().zip(&class_names) {
             let cells: Vec<String> = row.as_array().into_iter().flatten().map(Value::to_string).collect();
-            writeln!(md, "| **{k}** | {} |", cells.join(" | "))?;
+            writeln!(md, "| **{name}** | {} |", cells.join(" | "))?;
         }
         writeln!(
             md,
@@ -133,4 +168,32 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     md.push_str("\n```\n");
     vae_data::write_atomic(&run.join("report.md"), md.as_bytes())?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_figures_and_class_names_follow_the_dataset() {
+        let run = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
+        std::fs::create_dir_all(&run).unwrap();
+        let history = r#"[{"epoch":0,"train_loss":263.3,"test_loss":250.6}]"#;
+        std::fs::write(run.join("history.json"), history).unwrap();
+        let confusion: Vec<Vec<u32>> = (0..10).map(|i| (0..10).map(|j| u32::from(i == j) * 100).collect()).collect();
+        let metrics = serde_json::json!({"metrics": {"accuracy": 1.0}, "confusion": confusion});
+        std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+        for (dataset, with_seed, class) in [(&vae_data::FASHION_MNIST, false, "Ankle boot"), (&MNIST, true, "9")] {
+            let sums: serde_json::Map<String, Value> =
+                dataset.sha256.iter().map(|(name, sum)| (name.to_string(), Value::from(*sum))).collect();
+            let config = serde_json::json!({ "inputs_sha256": sums });
+            std::fs::write(run.join("config.json"), config.to_string()).unwrap();
+            let summary = write(&run, &[]).unwrap();
+            let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+            assert!(report.starts_with(&format!("# VAE on {}:", dataset.name)), "{report}");
+            assert_eq!(summary.contains("seed train") && summary.contains("0.9316"), with_seed, "{summary}");
+            assert!(report.contains(&format!("| **{class}** | ")), "{report}");
+        }
+        std::fs::remove_dir_all(run).unwrap();
+    }
 }

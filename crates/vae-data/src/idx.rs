@@ -190,7 +190,7 @@ fn decode_idx_from(path: &Path, input: impl Read, file_len: u64, gzip: bool, ndi
         return Err(DataError::format(path, format!("dimensions {dims:?} overflow")));
     };
     let header_len = header.len() as u64;
-    if !gzip && file_len != header_len + claimed {
+    if !gzip && file_len.saturating_sub(header_len) != claimed {
         return Err(DataError::format(
             path,
             format!(
@@ -305,6 +305,8 @@ mod tests {
             ("truncated-body", idx_bytes(&[1, 28, 28], &pixels[..700]), "claims"),
             ("trailing", idx_bytes(&[1, 28, 28], &[pixels.clone(), vec![1]].concat()), "claims"),
             ("huge-claim", idx_bytes(&[u32::MAX, 28, 28], &pixels), "claims"),
+            // (2³² − 1) · 641 · 6,700,417 = 2⁶⁴ − 1 bytes: header + data overflows u64.
+            ("u64-claim", idx_bytes(&[u32::MAX, 641, 6_700_417], &pixels), "claims"),
             ("wrong-side", idx_bytes(&[4, 14, 14], &pixels), "14x14"),
         ];
         for (name, bytes, expected) in cases {

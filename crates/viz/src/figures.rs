@@ -33,6 +33,8 @@ pub struct Inputs<'a> {
     pub figures: PathBuf,
     /// Names of classes 0–9 (digits for MNIST, garment names for Fashion-MNIST).
     pub class_names: Vec<String>,
+    /// Whether the data is MNIST, so that the seed's published losses compare.
+    pub seed_comparable: bool,
 }
 
 impl Inputs<'_> {
@@ -74,7 +76,7 @@ pub fn originals(inp: &Inputs) -> anyhow::Result<Outcome> {
     let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
     let path = inp.figures.join("originals.png");
     grid_canvas(&refs, Grid { cols: 10, side: SIDE, scale: 2, gap: 2 }).save_png(&path)?;
-    Ok(Outcome::Written(vec![path], format!("{} test digits, one row per class", refs.len())))
+    Ok(Outcome::Written(vec![path], format!("{} test images, one row per class", refs.len())))
 }
 
 /// The snapshots in `samples.safetensors`: epoch → tensor, for tensors named `{prefix}.epoch_{k}`.
@@ -155,7 +157,7 @@ pub fn progress(inp: &Inputs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Written(written, format!("snapshots after {} epochs", epochs.join(", "))))
 }
 
-/// `reconstructions.png`: fixed test digits above their reconstructions by the final model.
+/// `reconstructions.png`: fixed test images above their reconstructions by the final model.
 pub fn reconstructions(inp: &Inputs) -> anyhow::Result<Outcome> {
     let samples = match load_samples(inp) {
         Ok(s) => s,
@@ -176,12 +178,12 @@ pub fn reconstructions(inp: &Inputs) -> anyhow::Result<Outcome> {
     grid.draw(&mut canvas, &top.iter().map(Vec::as_slice).collect::<Vec<_>>(), left, 0);
     grid.draw(&mut canvas, &bottom.iter().map(Vec::as_slice).collect::<Vec<_>>(), left, gh + 10);
     canvas.draw(|root| {
-        root.draw(&Text::new("test digits", (8, gh as i32 / 2 - 8), (FONT, 16).into_font()))?;
+        root.draw(&Text::new("test images", (8, gh as i32 / 2 - 8), (FONT, 16).into_font()))?;
         root.draw(&Text::new("reconstructed", (8, gh as i32 * 3 / 2), (FONT, 16).into_font()))
     })?;
     let path = inp.figures.join("reconstructions.png");
     canvas.save_png(&path)?;
-    Ok(Outcome::Written(vec![path], format!("{n} test digits reconstructed (from their means) after {epoch} epochs")))
+    Ok(Outcome::Written(vec![path], format!("{n} test images reconstructed (from their means) after {epoch} epochs")))
 }
 
 /// Cell texts of the confusion heat map: `(row, column, count)`.
@@ -226,7 +228,8 @@ pub fn confusion(inp: &Inputs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Written(vec![out], format!("accuracy {:.4}", correct as f64 / total.max(1) as f64)))
 }
 
-/// `loss.png`: train and test loss per epoch with the seed's points, and the BCE/KL parts.
+/// `loss.png`: train and test loss per epoch (with the seed's points on MNIST), and the
+/// BCE/KL parts.
 pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
     let path = match inp.need("history.json", "vae-train") {
         Ok(p) => p,
@@ -241,11 +244,12 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
     if train.is_empty() {
         return Ok(Outcome::Skipped("history.json holds no epoch".into()));
     }
-    let last_epoch = train.last().map_or(1.0, |p| p.0).max(SEED_LOSSES[4].0 as f64);
+    let seed: &[(u32, f64, f64)] = if inp.seed_comparable { &SEED_LOSSES } else { &[] };
+    let last_epoch = train.last().map_or(1.0, |p| p.0).max(seed.last().map_or(0.0, |s| f64::from(s.0)));
     let mut canvas = Canvas::new(1100, 450);
     canvas.draw(|root| -> anyhow::Result<()> {
         let (left, right) = root.split_horizontally(560);
-        let all: Vec<f64> = train.iter().chain(&test).map(|p| p.1).chain(SEED_LOSSES.iter().map(|s| s.1)).collect();
+        let all: Vec<f64> = train.iter().chain(&test).map(|p| p.1).chain(seed.iter().map(|s| s.1)).collect();
         let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
         let mut chart = ChartBuilder::on(&left)
             .caption("Loss per image (BCE + KL)", (FONT, 20))
@@ -253,7 +257,9 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
             .x_label_area_size(36)
             .y_label_area_size(50)
             .build_cartesian_2d(-0.5..last_epoch + 0.5, (lo - 3.0)..(hi + 3.0))?;
-        let epoch_label = |x: &f64| format!("{x:.0}");
+        // Whole epochs only: with few epochs plotters puts ticks between them.
+        let epoch_label =
+            |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() };
         chart
             .configure_mesh()
             .x_desc("epoch (0-based)")
@@ -268,7 +274,10 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
         }
         for (idx, colour, name) in [(1usize, CLASS_COLOURS[0], "seed train"), (2, CLASS_COLOURS[1], "seed test")] {
-            let pts = SEED_LOSSES.iter().map(move |s| (s.0 as f64, if idx == 1 { s.1 } else { s.2 }));
+            if seed.is_empty() {
+                break;
+            }
+            let pts = seed.iter().map(move |s| (s.0 as f64, if idx == 1 { s.1 } else { s.2 }));
             chart
                 .draw_series(pts.map(move |p| TriangleMarker::new(p, 7, colour.filled())))?
                 .label(name)
@@ -372,7 +381,7 @@ pub fn traversal(inp: &Inputs) -> anyhow::Result<Outcome> {
 }
 
 /// `interpolation.png`: decodings along the straight line between the latent means of
-/// two test digits of different classes (the first test image of each digit d and d+1).
+/// two test images of different classes (the first test image of each class d and d+1).
 pub fn interpolation(inp: &Inputs) -> anyhow::Result<Outcome> {
     let test = load_split(inp.data, SplitKind::Test).context("loading the test set")?;
     let first = |digit: u8| test.labels.iter().position(|&l| l == digit);

@@ -17,13 +17,13 @@ use tsne::TsneParams;
 /// The figures `viz` can draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Figure {
-    /// originals.png: a grid of real test digits, one row per class
+    /// originals.png: a grid of real test images, one row per class
     Originals,
     /// generated.png: prior draws decoded by the final model
     Generated,
     /// progress.png: the same prior draws before training and after epochs 5, 10, 15, 20
     Progress,
-    /// reconstructions.png: test digits above their reconstructions
+    /// reconstructions.png: test images above their reconstructions
     Reconstructions,
     /// tsne.png and tsne.npy: t-SNE of the test latents, coloured by digit
     Tsne,
@@ -33,7 +33,7 @@ pub enum Figure {
     Loss,
     /// latent_traversal.png: decodings along each latent dimension
     Traversal,
-    /// interpolation.png: decodings along lines between test digits' latent means
+    /// interpolation.png: decodings along lines between test images' latent means
     Interpolation,
 }
 
@@ -63,10 +63,15 @@ pub struct VizArgs {
 
 /// Draws the requested figures; returns each one's outcome.
 pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
-    let class_names = vae_data::load_split(&args.data, vae_data::SplitKind::Test)
-        .map(|test| vae_data::class_names(&test.checksums))
-        .unwrap_or_else(|_| (0..10).map(|k| k.to_string()).collect());
-    let inputs = Inputs { run: &args.run, data: &args.data, figures: args.run.join("figures"), class_names };
+    let checksums = vae_data::load_split(&args.data, vae_data::SplitKind::Test).map(|test| test.checksums);
+    let checksums = checksums.unwrap_or_default();
+    let inputs = Inputs {
+        run: &args.run,
+        data: &args.data,
+        figures: args.run.join("figures"),
+        class_names: vae_data::class_names(&checksums),
+        seed_comparable: vae_data::identify(&checksums).is_some_and(|d| d.name == vae_data::MNIST.name),
+    };
     std::fs::create_dir_all(&inputs.figures).with_context(|| format!("creating {}", inputs.figures.display()))?;
     let wanted = if args.only.is_empty() { Figure::value_variants().to_vec() } else { args.only.clone() };
     let params = TsneParams { perplexity: 30.0, epochs: args.tsne_iterations as usize, theta: 0.5, seed: args.seed };
