@@ -70,8 +70,11 @@ pub struct Stage {
 pub struct StageResult {
     /// The stage's name.
     pub name: &'static str,
-    /// Wall-clock seconds, `None` when skipped as up to date.
+    /// Wall-clock seconds of its latest run, this time or an earlier one (`None` when
+    /// unknown).
     pub seconds: Option<f64>,
+    /// Whether this pipeline skipped it as up to date.
+    pub skipped: bool,
 }
 
 fn data_files(data: &Path) -> Vec<PathBuf> {
@@ -186,6 +189,11 @@ impl Stage {
 
     fn stamp(&self, run: &Path) -> PathBuf {
         run.join(".stages").join(format!("{}.cmd", self.name))
+    }
+
+    /// Where the wall-clock seconds of the stage's latest run are kept, for the report.
+    fn timing(&self, run: &Path) -> PathBuf {
+        run.join(".stages").join(format!("{}.seconds", self.name))
     }
 
     /// Whether the outputs exist, are newer than every input, came from this command, and
@@ -303,7 +311,8 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
         let command_line = stage.command_line(&bin_dir);
         if !args.force && stage.up_to_date(&run, &command_line) {
             eprintln!("== {}: up to date, skipped", stage.name);
-            results.push(StageResult { name: stage.name, seconds: None });
+            let seconds = fs::read_to_string(stage.timing(&run)).ok().and_then(|s| s.trim().parse().ok());
+            results.push(StageResult { name: stage.name, seconds, skipped: true });
             continue;
         }
         eprintln!("== {}: {command_line}", stage.name);
@@ -317,8 +326,10 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
         if !status.success() {
             bail!("stage {} failed ({status})\n  command: {command_line}", stage.name);
         }
+        let seconds = started.elapsed().as_secs_f64();
+        vae_data::write_atomic(&stage.timing(&run), format!("{seconds:.1}\n").as_bytes())?;
         vae_data::write_atomic(&stage.stamp(&run), command_line.as_bytes())?;
-        results.push(StageResult { name: stage.name, seconds: Some(started.elapsed().as_secs_f64()) });
+        results.push(StageResult { name: stage.name, seconds: Some(seconds), skipped: false });
     }
     let summary = report::write(&run, &results)?;
     println!("{summary}");

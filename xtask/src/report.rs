@@ -102,7 +102,11 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     }
     summary.push_str("\n| stage | seconds |\n|---|---|\n");
     for s in stages {
-        let t = s.seconds.map_or("skipped (up to date)".into(), |t| format!("{t:.1}"));
+        let t = match (s.seconds, s.skipped) {
+            (Some(t), false) => format!("{t:.1}"),
+            (Some(t), true) => format!("{t:.1} (an earlier run; up to date now)"),
+            (None, _) => "skipped (up to date)".into(),
+        };
         writeln!(summary, "| {} | {t} |", s.name)?;
     }
 

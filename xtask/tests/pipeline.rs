@@ -112,6 +112,7 @@ fn assert_every_file_complete(dir: &Path) {
             // A PNG is complete when it ends with the IEND chunk.
             "png" => assert!(bytes.ends_with(b"IEND\xaeB`\x82"), "{} is cut short", path.display()),
             "md" | "cmd" | "lock" | "" => assert!(std::str::from_utf8(&bytes).is_ok(), "{}", path.display()),
+            "seconds" => assert!(std::str::from_utf8(&bytes).is_ok_and(|s| s.trim().parse::<f64>().is_ok()), "{name}"),
             _ => panic!("unexpected file {}", path.display()),
         }
     }
