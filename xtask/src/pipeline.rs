@@ -279,6 +279,12 @@ fn stage_command(binary: &Path) -> Command {
     command
 }
 
+/// Whether `name` is a device the stages accept: checked before a typo triggers a CUDA
+/// build (the stages check again, with the build's own support).
+fn is_device_name(name: &str) -> bool {
+    name == "cpu" || name == "cuda" || name.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
 /// Runs the pipeline.
 pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     let root = project_root();
@@ -287,6 +293,9 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     let run = if run.is_absolute() { run } else { std::env::current_dir()?.join(run) };
     let data = if args.data.is_absolute() { args.data.clone() } else { root.join(&args.data) };
     let args = PipelineArgs { data, ..args.clone() };
+    if let Some(device) = args.device.as_deref().filter(|d| !is_device_name(d)) {
+        bail!("unknown device '{device}': expected cpu, cuda or cuda:N");
+    }
     fs::create_dir_all(run.join(".stages")).with_context(|| format!("creating {}", run.display()))?;
     let _lock = RunLock::acquire(&run)?;
 
@@ -380,6 +389,8 @@ mod tests {
         };
         assert_eq!(with_device(Some("cuda:1")), ["train", "eval", "latent-features"]);
         assert!(with_device(None).is_empty());
+        assert!(["cpu", "cuda", "cuda:1"].iter().all(|d| is_device_name(d)));
+        assert!(["gpu", "cuda:", "cuda:x", "CPU"].iter().all(|d| !is_device_name(d)));
         let cpu = stages(&args(Some("cpu")), Path::new("/tmp/run"));
         assert!(cpu.iter().all(|stage| !stage.args.contains(&"--device".to_string())), "cpu is the default");
     }
