@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split, write_npy_f32, write_npy_i64};
-use vae_model::Vae;
+use vae_model::{CpuStep, Vae};
 
 /// Which posterior parameters make up the features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -53,14 +54,45 @@ pub struct LatentArgs {
     pub device: String,
 }
 
-/// Encodes every image of `split` on `device`; returns `(rows, columns, features)`.
+/// What encodes the images: the hand-written CPU kernels ([`CpuStep::encode`]) on the
+/// CPU, candle's graph on other devices.
+pub enum Encoder<'a> {
+    /// The CPU kernels.
+    Cpu(Box<CpuStep>),
+    /// The candle model on its device.
+    Candle(&'a Vae, Device),
+}
+
+impl<'a> Encoder<'a> {
+    /// The encoder for `vae` (whose parameters are `varmap`) on `device`.
+    pub fn new(vae: &'a Vae, varmap: &VarMap, device: &Device) -> anyhow::Result<Self> {
+        Ok(if device.is_cpu() {
+            Self::Cpu(Box::new(CpuStep::new(vae.config(), varmap)?))
+        } else {
+            Self::Candle(vae, device.clone())
+        })
+    }
+
+    /// `(mu, logvar)`, each `(n, latent_dim)` row-major, of `n` flattened images.
+    fn encode(&mut self, pixels: Vec<f32>, n: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        match self {
+            Self::Cpu(step) => Ok(step.encode(&pixels)?),
+            Self::Candle(vae, device) => {
+                let x = Tensor::from_vec(pixels, (n, 1, IMAGE_SIDE, IMAGE_SIDE), &*device)?;
+                let (mu, logvar) = vae.encode(&x)?;
+                Ok((mu.flatten_all()?.to_vec1()?, logvar.flatten_all()?.to_vec1()?))
+            }
+        }
+    }
+}
+
+/// Encodes every image of `split`; returns `(rows, columns, features)`.
 pub fn encode_split(
-    vae: &Vae,
+    encoder: &mut Encoder,
     split: &Split,
     features: Features,
     batch_size: usize,
     name: &str,
-    device: &Device,
 ) -> anyhow::Result<(usize, usize, Vec<f32>)> {
     let indices: Vec<usize> = (0..split.len()).collect();
     let bar = ProgressBar::new(split.len() as u64).with_prefix(name.to_string());
@@ -71,13 +103,14 @@ pub fn encode_split(
     let started = Instant::now();
     let mut out = Vec::new();
     for batch in indices.chunks(batch_size) {
-        let x = Tensor::from_vec(split.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
-        let (mu, logvar) = vae.encode(&x)?;
-        let rows = match features {
-            Features::MuLogvar => Tensor::cat(&[&mu, &logvar], 1)?,
-            Features::Mu => mu,
-        };
-        out.extend(rows.flatten_all()?.to_vec1::<f32>()?);
+        let (mu, logvar) = encoder.encode(split.gather_f32(batch), batch.len())?;
+        let dim = mu.len() / batch.len();
+        for (mu, logvar) in mu.chunks_exact(dim).zip(logvar.chunks_exact(dim)) {
+            out.extend_from_slice(mu);
+            if features == Features::MuLogvar {
+                out.extend_from_slice(logvar);
+            }
+        }
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
@@ -101,8 +134,9 @@ pub fn encode_split(
 /// Loads the model and the dataset, encodes both splits and writes the four files.
 pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
     let device = vae_model::device(&args.device)?;
-    let (vae, _, extra) =
+    let (vae, varmap, extra) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut encoder = Encoder::new(&vae, &varmap, &device)?;
     if !extra.is_empty() {
         tracing::warn!("{} holds tensors the model does not use: {}", args.model.display(), extra.join(", "));
     }
@@ -124,8 +158,7 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
             split.truncate(n as usize);
         }
         ensure!(!split.is_empty(), "the {name} set in {} is empty", args.data.display());
-        let (rows, cols, features) =
-            encode_split(&vae, &split, args.features, args.batch_size as usize, name, &device)?;
+        let (rows, cols, features) = encode_split(&mut encoder, &split, args.features, args.batch_size as usize, name)?;
         println!("Shape of {label} data :  ({rows}, {cols})");
         write_npy_f32(&args.out.join(format!("{name}_latents.npy")), &[rows, cols], &features)?;
         let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();

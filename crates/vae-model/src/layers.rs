@@ -100,6 +100,43 @@ impl Module for ConvTranspose2d {
     }
 }
 
+/// One image's im2col: `img` `(C, H, W)` → `cols` `(C·k·k, H'·W')` with
+/// `cols[c·k·k + i·k + j, y·W' + x] = img[c, y + i, x + j]`, `H' = H − k + 1`,
+/// `W' = W − k + 1` (stride 1, no padding).
+///
+/// # Panics
+/// If the slices do not have those sizes.
+pub fn im2col(img: &[f32], (c, h, w): (usize, usize, usize), k: usize, cols: &mut [f32]) {
+    let (oh, ow) = (h + 1 - k, w + 1 - k);
+    assert!(img.len() == c * h * w && cols.len() == c * k * k * oh * ow, "im2col: size mismatch");
+    for (row, dst) in cols.chunks_exact_mut(oh * ow).enumerate() {
+        let (ch, i, j) = (row / (k * k), row / k % k, row % k);
+        for (y, dst) in dst.chunks_exact_mut(ow).enumerate() {
+            let src = ch * h * w + (y + i) * w + j;
+            dst.copy_from_slice(&img[src..src + ow]);
+        }
+    }
+}
+
+/// The adjoint of [`im2col`] for one image: adds every entry of `cols` `(C·k·k, H'·W')`
+/// into the pixel of `img` `(C, H, W)` it came from.
+///
+/// # Panics
+/// If the slices do not have those sizes.
+pub fn col2im_add(cols: &[f32], (c, h, w): (usize, usize, usize), k: usize, img: &mut [f32]) {
+    let (oh, ow) = (h + 1 - k, w + 1 - k);
+    assert!(img.len() == c * h * w && cols.len() == c * k * k * oh * ow, "col2im: size mismatch");
+    for (row, src) in cols.chunks_exact(oh * ow).enumerate() {
+        let (ch, i, j) = (row / (k * k), row / k % k, row % k);
+        for (y, src) in src.chunks_exact(ow).enumerate() {
+            let dst = ch * h * w + (y + i) * w + j;
+            for (d, s) in img[dst..dst + ow].iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+    }
+}
+
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
@@ -125,15 +162,9 @@ impl CustomOp1 for Im2Col {
         let k = self.k;
         let (oh, ow) = (h + 1 - k, w + 1 - k);
         let mut cols = vec![0f32; b * c * k * k * oh * ow];
-        cols.par_chunks_mut(c * k * k * oh * ow).zip(input.par_chunks(c * h * w)).for_each(|(cols, img)| {
-            for (row, dst) in cols.chunks_mut(oh * ow).enumerate() {
-                let (ch, i, j) = (row / (k * k), row / k % k, row % k);
-                for y in 0..oh {
-                    let src = ch * h * w + (y + i) * w + j;
-                    dst[y * ow..(y + 1) * ow].copy_from_slice(&img[src..src + ow]);
-                }
-            }
-        });
+        cols.par_chunks_mut(c * k * k * oh * ow)
+            .zip(input.par_chunks(c * h * w))
+            .for_each(|(cols, img)| im2col(img, (c, h, w), k, cols));
         Ok((CpuStorage::F32(cols), Shape::from((b, c * k * k, oh * ow))))
     }
 
@@ -167,17 +198,9 @@ impl CustomOp1 for Col2Im {
         let c = ckk / (k * k);
         let (oh, ow) = (h + k - 1, w + k - 1);
         let mut out = vec![0f32; b * c * oh * ow];
-        out.par_chunks_mut(c * oh * ow).zip(cols.par_chunks(ckk * hw)).for_each(|(img, cols)| {
-            for (row, src) in cols.chunks(hw).enumerate() {
-                let (ch, i, j) = (row / (k * k), row / k % k, row % k);
-                for y in 0..h {
-                    let dst = ch * oh * ow + (y + i) * ow + j;
-                    for (d, s) in img[dst..dst + w].iter_mut().zip(&src[y * w..(y + 1) * w]) {
-                        *d += s;
-                    }
-                }
-            }
-        });
+        out.par_chunks_mut(c * oh * ow)
+            .zip(cols.par_chunks(ckk * hw))
+            .for_each(|(img, cols)| col2im_add(cols, (c, oh, ow), k, img));
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
     }
 

@@ -40,6 +40,7 @@
 //! # }
 //! ```
 
+pub mod cpu;
 mod error;
 mod layers;
 mod weights;
@@ -47,8 +48,9 @@ mod weights;
 use candle_core::{D, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+pub use cpu::{BatchLoss, CpuStep};
 pub use error::{Result, VaeError};
-pub use layers::{Conv2d, ConvTranspose2d, Linear};
+pub use layers::{Conv2d, ConvTranspose2d, Linear, col2im_add, im2col};
 pub use weights::{
     ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor,
     varmap_tensors,

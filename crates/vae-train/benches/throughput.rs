@@ -2,7 +2,8 @@
 //! of every hot path on this machine, against a measured FP32 GEMM peak.
 //!
 //! Each figure is the median over repeated runs after a warm-up, with the spread
-//! (min–max). Pass `--quick` for fewer repetitions.
+//! (min–max). Pass `--quick` for fewer repetitions, `--only SECTION` (peak, step,
+//! autograd, ops, encoder, classifier, tsne; repeatable) to run only some sections.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use classifier::LinearSvcParams;
 use linfa::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use vae_model::{Vae, VaeConfig, init_varmap, loss_terms};
+use vae_model::{CpuStep, Vae, VaeConfig, init_varmap, loss_terms};
 use vae_train::adam::{Adam, AdamConfig, named_vars};
 
 /// Multiply-adds of one forward pass per image (conv1, conv2, the five encoder and
@@ -65,6 +66,53 @@ fn gemm_peak(threads: usize, reps: usize) -> f64 {
     gflops
 }
 
+/// The arithmetic peak: every thread runs independent AVX2 FMA chains on registers
+/// (12 accumulators × 8 lanes × 2 FLOP per instruction), no memory traffic.
+fn fma_peak(threads: usize, reps: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return None;
+        }
+        const ITERS: usize = 20_000_000;
+        let s = measure(reps, || {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    // SAFETY: AVX2 and FMA were detected above.
+                    scope.spawn(|| black_box(unsafe { fma_chains(ITERS) }));
+                }
+            })
+        });
+        let gflops = (threads * ITERS * 12 * 8 * 2) as f64 / s.median / 1e9;
+        println!("FMA peak, {threads} thread(s): {}  → {gflops:6.1} GFLOP/s", ms(&s));
+        Some(gflops)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (threads, reps);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for v in &mut acc {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut sum = [0f32; 8];
+    let total = acc.iter().fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v));
+    // SAFETY: `sum` holds 8 floats.
+    unsafe { _mm256_storeu_ps(sum.as_mut_ptr(), total) };
+    sum.iter().sum()
+}
+
 fn model(dev: &Device) -> (VarMap, Vae) {
     let cfg = VaeConfig::default();
     let varmap = VarMap::new();
@@ -78,21 +126,32 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
     Tensor::from_vec((0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
 }
 
-fn training_step(batch: usize, reps: usize, peak: f64) {
+/// One training step (forward, backward, Adam) at `batch`, through the hand-written CPU
+/// step that `vae-train` uses or, with `autograd`, through candle's autograd.
+fn training_step(batch: usize, reps: usize, peak: f64, autograd: bool) {
     let dev = Device::Cpu;
     let (varmap, vae) = model(&dev);
     let mut adam = Adam::new(named_vars(&varmap), AdamConfig::default());
+    let mut cpu_step = CpuStep::new(vae.config(), &varmap).unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     let x = random(&[batch, 1, 28, 28], &mut rng);
     let eps = random(&[batch, 10], &mut rng);
+    let (pixels, noise) =
+        (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), eps.flatten_all().unwrap().to_vec1().unwrap());
     let s = measure(reps, || {
-        let terms = loss_terms(&vae.forward(&x, &eps).unwrap(), &x).unwrap();
-        let loss = ((terms.bce + terms.kl).unwrap() / batch as f64).unwrap();
-        adam.step(&loss.backward().unwrap()).unwrap();
+        if autograd {
+            let terms = loss_terms(&vae.forward(&x, &eps).unwrap(), &x).unwrap();
+            let loss = ((terms.bce + terms.kl).unwrap() / batch as f64).unwrap();
+            adam.step(&loss.backward().unwrap()).unwrap();
+        } else {
+            cpu_step.run(&pixels, &noise).unwrap();
+            adam.step_with(|name| cpu_step.grad(name)).unwrap();
+        }
     });
     let gflops = STEP_FLOP * batch as f64 / s.median / 1e9;
     println!(
-        "training step, batch {batch:3}: {}  {:6.0} images/s  {gflops:5.1} GFLOP/s  {:4.1}% of peak  → {:.0} s per 60k-image training epoch",
+        "training step, batch {batch:3}{}: {}  {:6.0} images/s  {gflops:5.1} GFLOP/s  {:4.1}% of GEMM peak  → {:.0} s per 60k-image training epoch",
+        if autograd { " (candle autograd)" } else { "" },
         ms(&s),
         batch as f64 / s.median,
         100.0 * gflops / peak,
@@ -153,13 +212,22 @@ fn per_operation(batch: usize, reps: usize) {
     println!("  {:12} {}  (19.2 M parameters)", "adam step", ms(&step));
 }
 
+/// The encoder on 500 images: the CPU kernels that `latent-features` uses, and candle's
+/// graph for reference.
 fn encoder(reps: usize) {
-    let (_, vae) = model(&Device::Cpu);
+    let (varmap, vae) = model(&Device::Cpu);
     let x = random(&[500, 1, 28, 28], &mut StdRng::seed_from_u64(2));
-    let s = measure(reps, || {
+    let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
+    let cpu = measure(reps, || {
+        black_box(step.encode(&pixels).unwrap());
+    });
+    let candle = measure(reps, || {
         black_box(vae.encode(&x).unwrap());
     });
-    println!("encoder, batch 500: {}  {:7.0} images/s", ms(&s), 500.0 / s.median);
+    for (name, s) in [("", cpu), (" (candle graph)", candle)] {
+        println!("encoder, 500 images{name}: {}  {:7.0} images/s", ms(&s), 500.0 / s.median);
+    }
 }
 
 /// Ten Gaussian clusters in 20-D, a stand-in for latent features.
@@ -196,16 +264,38 @@ fn tsne(reps: usize) {
 
 fn main() {
     vae_train::tune_allocator();
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
+    let run = |section: &str| only.is_empty() || only.contains(&section);
     let reps = if quick { 3 } else { 7 };
-    println!("threads: {} (RAYON_NUM_THREADS to change)", rayon::current_num_threads());
-    gemm_peak(1, reps);
-    let peak = gemm_peak(rayon::current_num_threads(), reps);
-    for batch in [128, 32] {
-        training_step(batch, reps, peak);
+    let threads = rayon::current_num_threads();
+    println!("threads: {threads} (RAYON_NUM_THREADS to change)");
+    let mut peak = f64::NAN;
+    if run("peak") || run("step") || run("autograd") {
+        fma_peak(1, reps);
+        fma_peak(threads, reps);
+        gemm_peak(1, reps);
+        peak = gemm_peak(threads, reps);
     }
-    per_operation(128, reps);
-    encoder(reps);
-    classifier_fit(if quick { 1 } else { 3 });
-    tsne(if quick { 1 } else { 3 });
+    for batch in [128, 32] {
+        if run("step") {
+            training_step(batch, reps, peak, false);
+        }
+        if run("autograd") {
+            training_step(batch, reps, peak, true);
+        }
+    }
+    if run("ops") {
+        per_operation(128, reps);
+    }
+    if run("encoder") {
+        encoder(reps);
+    }
+    if run("classifier") {
+        classifier_fit(if quick { 1 } else { 3 });
+    }
+    if run("tsne") {
+        tsne(if quick { 1 } else { 3 });
+    }
 }

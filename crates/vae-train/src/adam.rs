@@ -97,19 +97,29 @@ impl Adam {
     /// their value (their moments still decay, as in PyTorch only when a gradient
     /// exists — so they are skipped entirely).
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.update(grads, false)
+        self.update(|_, p| grads.get(p.as_tensor()).map(Grad::Tensor), false)
     }
 
-    /// [`Adam::step`]; CPU tensors are updated in place by the fused op unless
+    /// [`Adam::step`] with the gradients as flat slices by parameter name (as
+    /// [`CpuStep`](vae_model::CpuStep) leaves them).
+    pub fn step_with<'g>(&mut self, grad: impl Fn(&str) -> Option<&'g [f32]>) -> candle_core::Result<()> {
+        self.update(|name, _| grad(name).map(Grad::Slice), false)
+    }
+
+    /// The update; CPU tensors are updated in place by the fused op unless
     /// `force_host`, other devices (CUDA) through a copy on the host, where the moments
     /// live.
-    fn update(&mut self, grads: &GradStore, force_host: bool) -> candle_core::Result<()> {
+    fn update<'g>(
+        &mut self,
+        grad_of: impl Fn(&str, &Var) -> Option<Grad<'g>>,
+        force_host: bool,
+    ) -> candle_core::Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bias1 = 1.0 - self.cfg.beta1.powi(t);
         let bias2 = 1.0 - self.cfg.beta2.powi(t);
-        for ((_, param), moments) in self.params.iter().zip(&self.moments) {
-            let Some(grad) = grads.get(param.as_tensor()) else { continue };
+        for ((name, param), moments) in self.params.iter().zip(&self.moments) {
+            let Some(grad) = grad_of(name, param) else { continue };
             let update = AdamUpdate {
                 moments,
                 beta1: self.cfg.beta1 as f32,
@@ -118,15 +128,49 @@ impl Adam {
                 bias2_sqrt: bias2.sqrt() as f32,
                 eps: self.cfg.eps as f32,
             };
-            if param.device().is_cpu() && !force_host {
-                param.as_tensor().inplace_op2(grad, &update)?;
-            } else {
-                let mut values = param.flatten_all()?.to_vec1::<f32>()?;
-                update.apply(&mut values, &grad.flatten_all()?.to_vec1::<f32>()?)?;
-                param.set(&Tensor::from_vec(values, param.shape(), param.device())?)?;
+            match grad {
+                Grad::Tensor(grad) if param.device().is_cpu() && !force_host => {
+                    param.as_tensor().inplace_op2(grad, &update)?
+                }
+                Grad::Slice(grad) if param.device().is_cpu() && !force_host => {
+                    param.as_tensor().inplace_op1(&SliceUpdate { update, grad })?
+                }
+                grad => {
+                    let mut values = param.flatten_all()?.to_vec1::<f32>()?;
+                    match grad {
+                        Grad::Tensor(g) => update.apply(&mut values, &g.flatten_all()?.to_vec1::<f32>()?)?,
+                        Grad::Slice(g) => update.apply(&mut values, g)?,
+                    }
+                    param.set(&Tensor::from_vec(values, param.shape(), param.device())?)?;
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// A parameter's gradient: a tensor from candle's autograd or a slice from the CPU step.
+enum Grad<'a> {
+    Tensor(&'a Tensor),
+    Slice(&'a [f32]),
+}
+
+/// [`AdamUpdate`] from a gradient slice, as an in-place op on the parameter.
+struct SliceUpdate<'a> {
+    update: AdamUpdate<'a>,
+    grad: &'a [f32],
+}
+
+impl candle_core::InplaceOp1 for SliceUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(p), Some((p0, p1))) = (p, pl.contiguous_offsets()) else {
+            candle_core::bail!("adam-update: parameters must be contiguous f32 tensors");
+        };
+        self.update.apply(&mut p[p0..p1], self.grad)
     }
 }
 
@@ -231,7 +275,8 @@ mod tests {
             let mut adam = Adam::new(vec![("x".into(), x.clone())], AdamConfig::default());
             for _ in 0..3 {
                 let loss = x.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
-                adam.update(&loss.backward().unwrap(), force_host).unwrap();
+                let grads = loss.backward().unwrap();
+                adam.update(|_, p| grads.get(p.as_tensor()).map(Grad::Tensor), force_host).unwrap();
             }
             (x.as_tensor().to_vec2::<f32>().unwrap(), adam.moments(0).v)
         };

@@ -30,6 +30,7 @@ use vae_model::{Vae, VaeConfig, init_varmap, loss_terms, parameter_specs, read_t
 
 use adam::{Adam, AdamConfig, Moments, named_vars};
 pub use history::EpochRecord;
+use vae_model::CpuStep;
 
 /// Command-line flags of `vae-train`.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
@@ -63,6 +64,11 @@ pub struct TrainArgs {
     /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute gradients with candle's autograd instead of the hand-written CPU backward
+    /// pass: slower, the reference the fast path is tested against (always used off the
+    /// CPU); results agree to float round-off
+    #[arg(long)]
+    pub autograd: bool,
     /// Train on only the first N training images
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub train_limit: Option<u32>,
@@ -104,9 +110,12 @@ fn rng(seed: u64, stream: Stream, epoch: u32) -> StdRng {
     StdRng::from_seed(key)
 }
 
+fn normal_values(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.sample(StandardNormal)).collect()
+}
+
 fn normal_tensor(rng: &mut StdRng, shape: (usize, usize), device: &Device) -> candle_core::Result<Tensor> {
-    let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.sample(StandardNormal)).collect();
-    Tensor::from_vec(values, shape, device)
+    Tensor::from_vec(normal_values(rng, shape.0 * shape.1), shape, device)
 }
 
 fn images_tensor(split: &Split, indices: &[usize], device: &Device) -> candle_core::Result<Tensor> {
@@ -174,6 +183,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     init_varmap(&varmap, &cfg, args.seed, &device)?;
     let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let mut adam = Adam::new(named_vars(&varmap), AdamConfig { lr: args.lr, ..AdamConfig::default() });
+    let mut cpu_step = if device.is_cpu() && !args.autograd { Some(CpuStep::new(&cfg, &varmap)?) } else { None };
 
     let checkpoint = files.path("checkpoint.safetensors");
     let mut history = Vec::new();
@@ -196,7 +206,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
 
     for epoch in history.len() as u32..args.epochs {
         let started = Instant::now();
-        let (train_bce, train_kl) = train_epoch(&vae, &mut adam, &train, args, epoch, &device)?;
+        let (train_bce, train_kl) = train_epoch(&vae, &mut adam, cpu_step.as_mut(), &train, args, epoch, &device)?;
         let (test_bce, test_kl) = evaluate(&vae, &test, args.seed, epoch, &device)?;
         let seconds = started.elapsed().as_secs_f64();
         let record =
@@ -232,10 +242,12 @@ fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -
     Ok(())
 }
 
-/// One pass over the shuffled training set; returns the summed BCE and KL.
+/// One pass over the shuffled training set, through `cpu_step` if given, else candle's
+/// autograd; returns the per-image BCE and KL.
 fn train_epoch(
     vae: &Vae,
     adam: &mut Adam,
+    mut cpu_step: Option<&mut CpuStep>,
     train: &Split,
     args: &TrainArgs,
     epoch: u32,
@@ -253,15 +265,29 @@ fn train_epoch(
     );
     let (mut bce_sum, mut kl_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
     for (i, batch) in batches.enumerate() {
-        let x = images_tensor(train, batch, device)?;
-        let eps = normal_tensor(&mut noise, (batch.len(), vae.config().latent_dim), device)?;
-        let terms = loss_terms(&vae.forward(&x, &eps)?, &x)?;
-        let objective = ((&terms.bce + &terms.kl)? / batch.len() as f64)?;
-        let (bce, kl) = (terms.bce.to_scalar::<f32>()? as f64, terms.kl.to_scalar::<f32>()? as f64);
-        if !(bce + kl).is_finite() {
-            bail!("the loss became {} at epoch {epoch}, batch {i}: training diverged (try a lower --lr)", bce + kl);
-        }
-        adam.step(&objective.backward()?)?;
+        let pixels = train.gather_f32(batch);
+        let eps = normal_values(&mut noise, batch.len() * vae.config().latent_dim);
+        let diverged = |loss: f64| {
+            format!("the loss became {loss} at epoch {epoch}, batch {i}: training diverged (try a lower --lr)")
+        };
+        let (bce, kl) = match cpu_step.as_deref_mut() {
+            Some(step) => {
+                let loss = step.run(&pixels, &eps)?;
+                ensure!((loss.bce + loss.kl).is_finite(), diverged(loss.bce + loss.kl));
+                adam.step_with(|name| step.grad(name))?;
+                (loss.bce, loss.kl)
+            }
+            None => {
+                let x = Tensor::from_vec(pixels, (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
+                let eps = Tensor::from_vec(eps, (batch.len(), vae.config().latent_dim), device)?;
+                let terms = loss_terms(&vae.forward(&x, &eps)?, &x)?;
+                let objective = ((&terms.bce + &terms.kl)? / batch.len() as f64)?;
+                let (bce, kl) = (terms.bce.to_scalar::<f32>()? as f64, terms.kl.to_scalar::<f32>()? as f64);
+                ensure!((bce + kl).is_finite(), diverged(bce + kl));
+                adam.step(&objective.backward()?)?;
+                (bce, kl)
+            }
+        };
         bce_sum += bce;
         kl_sum += kl;
         seen += batch.len();
@@ -392,7 +418,7 @@ pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before other threads run.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }

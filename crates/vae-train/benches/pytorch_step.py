@@ -1,0 +1,97 @@
+"""The seed's model in PyTorch: training-step and encoder timings to set beside `cargo xtask bench`.
+
+Not run by CI. Install PyTorch (`pip install torch`) and run
+`python3 crates/vae-train/benches/pytorch_step.py [--threads 2]`; it prints the median
+(and spread) of 7 timed steps after 2 warm-ups at batch 128 and 32, and the encoder at batch 500,
+on random images.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Vae(nn.Module):
+    def __init__(self, latent=10):
+        super().__init__()
+        self.enc = nn.ModuleDict(
+            dict(
+                conv1=nn.Conv2d(1, 16, 3),
+                conv2=nn.Conv2d(16, 32, 3),
+                linear=nn.Linear(18432, 512),
+                linear2=nn.Linear(512, 256),
+                mu=nn.Linear(256, latent),
+                var=nn.Linear(256, latent),
+            )
+        )
+        self.dec = nn.ModuleDict(
+            dict(
+                linear=nn.Linear(latent, 256),
+                linear2=nn.Linear(256, 512),
+                linear3=nn.Linear(512, 18432),
+                deconv1=nn.ConvTranspose2d(32, 16, 3),
+                deconv2=nn.ConvTranspose2d(16, 1, 3),
+            )
+        )
+
+    def encode(self, x):
+        e = self.enc
+        h = F.relu(e.conv2(F.relu(e.conv1(x)))).flatten(1)
+        h = F.relu(e.linear2(F.relu(e.linear(h))))
+        return e.mu(h), e.var(h)
+
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        d = self.dec
+        h = F.relu(d.linear3(F.relu(d.linear2(F.relu(d.linear(z))))))
+        h = F.relu(d.deconv1(h.view(-1, 32, 24, 24)))
+        return d.deconv2(h), mu, logvar
+
+
+def timed(fn, reps=7, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Vae()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for batch in (128, 32):
+        x = torch.rand(batch, 1, 28, 28)
+
+        def step():
+            opt.zero_grad()
+            logits, mu, logvar = model(x)
+            bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            ((bce + kl) / batch).backward()
+            opt.step()
+
+        med, lo, hi = timed(step)
+        print(f"training step, batch {batch:3}: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  "
+              f"{batch / med:6.0f} images/s")
+    x = torch.rand(500, 1, 28, 28)
+    with torch.no_grad():
+        med, lo, hi = timed(lambda: model.encode(x))
+    print(f"encoder, batch 500: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  {500 / med:7.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
