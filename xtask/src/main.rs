@@ -26,11 +26,16 @@ enum Task {
     Pipeline(pipeline::PipelineArgs),
     /// Check formatting, run clippy with warnings denied, and run the test suite
     Ci,
-    /// Measure GEMM peak, training step, per-operation costs, encoder, classifier and t-SNE
+    /// Measure the FMA and GEMM peaks, the training step, its per-layer costs, the
+    /// encoder, the classifier and t-SNE
     Bench {
         /// Fewer repetitions (a rough figure in about a minute)
         #[arg(long)]
         quick: bool,
+        /// Run only this section (repeatable): peak, step, autograd, ops, encoder,
+        /// classifier, tsne
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -38,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Pipeline(args) => pipeline::run(&args),
         Task::Ci => ci(),
-        Task::Bench { quick } => bench(quick),
+        Task::Bench { quick, only } => bench(quick, &only),
     }
 }
 
@@ -54,11 +59,14 @@ pub fn cargo() -> Command {
     cmd
 }
 
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, only: &[String]) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "vae-train", "--bench", "throughput", "--"]);
     if quick {
         cmd.arg("--quick");
+    }
+    for section in only {
+        cmd.args(["--only", section]);
     }
     let status = cmd.status().context("running cargo bench")?;
     if !status.success() {

@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use candle_nn::VarMap;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::time::Instant;
 
 /// Index of each parameter in [`parameter_specs`] order.
 mod p {
@@ -34,6 +35,40 @@ mod p {
     pub const DECONV2: usize = 20;
     pub const COUNT: usize = 22;
 }
+
+/// The parts of a step that [`CpuStep::layer_seconds`] times: each layer (ReLU and bias
+/// included), `enc.mu+var` for the two heads with the reparameterisation, and `loss`.
+pub const LAYERS: [&str; 11] = [
+    "enc.conv1",
+    "enc.conv2",
+    "enc.linear",
+    "enc.linear2",
+    "enc.mu+var",
+    "dec.linear",
+    "dec.linear2",
+    "dec.linear3",
+    "dec.deconv1",
+    "dec.deconv2",
+    "loss",
+];
+
+/// Indices into [`LAYERS`].
+mod layer {
+    pub const CONV1: usize = 0;
+    pub const CONV2: usize = 1;
+    pub const ENC_LINEAR: usize = 2;
+    pub const ENC_LINEAR2: usize = 3;
+    pub const HEADS: usize = 4;
+    pub const DEC_LINEAR: usize = 5;
+    pub const DEC_LINEAR2: usize = 6;
+    pub const DEC_LINEAR3: usize = 7;
+    pub const DECONV1: usize = 8;
+    pub const DECONV2: usize = 9;
+    pub const LOSS: usize = 10;
+}
+
+const FORWARD: usize = 0;
+const BACKWARD: usize = 1;
 
 /// The sums of the two loss terms over a batch (divide by its size for per-image values).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +120,15 @@ struct Buffers {
     g_a3: Vec<f32>,
     g_a2: Vec<f32>,
     g_a1: Vec<f32>,
+    /// Seconds per [`LAYERS`] entry, forward and backward, of the last call.
+    seconds: [[f64; 2]; LAYERS.len()],
+}
+
+/// Adds the time since `since` to `seconds[layer][pass]`; returns the present instant.
+fn lap(seconds: &mut [[f64; 2]; LAYERS.len()], layer: usize, pass: usize, since: Instant) -> Instant {
+    let now = Instant::now();
+    seconds[layer][pass] += (now - since).as_secs_f64();
+    now
 }
 
 /// Sizes of the model's layers.
@@ -155,6 +199,12 @@ impl CpuStep {
         self.names.iter().position(|n| n == name).and_then(|i| self.grads.get(i)).map(Vec::as_slice)
     }
 
+    /// Seconds spent in each of [`LAYERS`] by the last [`CpuStep::run`] or
+    /// [`CpuStep::encode`], as `(name, forward, backward)`.
+    pub fn layer_seconds(&self) -> impl Iterator<Item = (&'static str, f64, f64)> + '_ {
+        LAYERS.iter().zip(&self.buf.seconds).map(|(name, [fwd, bwd])| (*name, *fwd, *bwd))
+    }
+
     /// Runs the forward and backward pass on images `x` `(B, C, H, W)` in `[0, 1]`
     /// (flattened) with the reparameterisation noise `eps` `(B, latent_dim)`, leaving
     /// the gradients of `(BCE + KL) / B` in [`CpuStep::grad`]; returns the loss sums.
@@ -165,6 +215,7 @@ impl CpuStep {
             self.grads = parameter_specs(&self.cfg).iter().map(|s| vec![0.0; s.shape.iter().product()]).collect();
         }
         let (buf, grads) = (&mut self.buf, &mut self.grads);
+        buf.seconds = Default::default();
         with_weights(&self.params, |w| {
             buf.resize(&d, batch, batch, true);
             buf.forward(&d, batch, w, x, eps);
@@ -175,21 +226,31 @@ impl CpuStep {
     }
 
     /// Posterior means and log-variances, `(B, latent_dim)` each, of images `x`
-    /// `(B, C, H, W)` in `[0, 1]` (flattened): the convolutions run
-    /// [`ENCODE_CONV_ROWS`] images at a time, the fully-connected layers on the whole batch
-    /// (so that their large weights are read once).
+    /// `(B, C, H, W)` in `[0, 1]` (flattened). The fully-connected layers take
+    /// [`ENCODE_ROWS`] images at a time (so that their large weights are read once per
+    /// that many), the convolutions [`ENCODE_CONV_ROWS`].
     pub fn encode(&mut self, x: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
         let d = Dims::of(&self.cfg);
         let batch = batch_size(&d, x, None)?;
+        let (mut mu, mut logvar) = (Vec::with_capacity(batch * d.zd), Vec::with_capacity(batch * d.zd));
         let buf = &mut self.buf;
+        buf.seconds = Default::default();
         with_weights(&self.params, |w| {
-            buf.resize(&d, batch, batch.min(ENCODE_CONV_ROWS), false);
-            buf.encode(&d, batch, w, x, ENCODE_CONV_ROWS);
+            for x in x.chunks(ENCODE_ROWS * d.pix) {
+                let rows = x.len() / d.pix;
+                buf.resize(&d, rows, rows.min(ENCODE_CONV_ROWS), false);
+                buf.encode(&d, rows, w, x, ENCODE_CONV_ROWS);
+                mu.extend_from_slice(&buf.mu);
+                logvar.extend_from_slice(&buf.logvar);
+            }
         })?;
-        let (mu, logvar) = (self.buf.mu.clone(), self.buf.logvar.clone());
         Ok((mu, logvar))
     }
 }
+
+/// Images per pass of [`CpuStep::encode`]'s fully-connected layers (its largest buffer
+/// is then 512 × 18432 floats, 38 MB, for the seed's model).
+pub const ENCODE_ROWS: usize = 512;
 
 /// Images per pass of [`CpuStep::encode`]'s convolutions: enough to keep both cores
 /// busy, few enough that their im2col columns (144 × 576 floats per image for conv2)
@@ -283,32 +344,44 @@ impl Buffers {
     /// the fully-connected layers on all `b` at once.
     fn encode(&mut self, d: &Dims, b: usize, w: &[&[f32]], x: &[f32], conv_rows: usize) {
         let (a1, cols1, cols2) = (d.c1 * d.s1 * d.s1, d.ch * KK * d.s1 * d.s1, d.c1 * KK * d.s2 * d.s2);
+        let mut t = Instant::now();
         for (x, a2) in x.chunks(conv_rows * d.pix).zip(self.a2.chunks_mut(conv_rows * d.flat)) {
             let n = x.len() / d.pix;
             let a1 = &mut self.a1[..n * a1];
             conv_forward(x, (d.ch, d.s0), &mut self.cols1[..n * cols1], w[p::CONV1], w[p::CONV1 + 1], a1);
+            t = lap(&mut self.seconds, layer::CONV1, FORWARD, t);
             conv_forward(a1, (d.c1, d.s1), &mut self.cols2[..n * cols2], w[p::CONV2], w[p::CONV2 + 1], a2);
+            t = lap(&mut self.seconds, layer::CONV2, FORWARD, t);
         }
         linear_forward(&self.a2, &w[p::ENC_LINEAR..], &mut self.a3, b, true);
+        t = lap(&mut self.seconds, layer::ENC_LINEAR, FORWARD, t);
         linear_forward(&self.a3, &w[p::ENC_LINEAR2..], &mut self.a4, b, true);
+        t = lap(&mut self.seconds, layer::ENC_LINEAR2, FORWARD, t);
         linear_forward(&self.a4, &w[p::MU..], &mut self.mu, b, false);
         linear_forward(&self.a4, &w[p::VAR..], &mut self.logvar, b, false);
+        lap(&mut self.seconds, layer::HEADS, FORWARD, t);
     }
 
     /// The whole model: `x` and the noise `eps` to the reconstruction logits.
     fn forward(&mut self, d: &Dims, b: usize, w: &[&[f32]], x: &[f32], eps: &[f32]) {
         let (s1, s2) = (d.s1, d.s2);
         self.encode(d, b, w, x, b);
+        let mut t = Instant::now();
         for (((z, std), (mu, logvar)), eps) in
             self.z.iter_mut().zip(&mut self.std).zip(self.mu.iter().zip(&self.logvar)).zip(eps)
         {
             *std = (0.5 * logvar).exp();
             *z = mu + eps * *std;
         }
+        t = lap(&mut self.seconds, layer::HEADS, FORWARD, t);
         linear_forward(&self.z, &w[p::DEC_LINEAR..], &mut self.d1, b, true);
+        t = lap(&mut self.seconds, layer::DEC_LINEAR, FORWARD, t);
         linear_forward(&self.d1, &w[p::DEC_LINEAR2..], &mut self.d2, b, true);
+        t = lap(&mut self.seconds, layer::DEC_LINEAR2, FORWARD, t);
         linear_forward(&self.d2, &w[p::DEC_LINEAR3..], &mut self.d3, b, true);
+        t = lap(&mut self.seconds, layer::DEC_LINEAR3, FORWARD, t);
         deconv_forward(&self.d3, (d.c2, s2), &mut self.scratch, w[p::DECONV1], w[p::DECONV1 + 1], &mut self.a5, true);
+        t = lap(&mut self.seconds, layer::DECONV1, FORWARD, t);
         deconv_forward(
             &self.a5,
             (d.c1, s1),
@@ -318,12 +391,14 @@ impl Buffers {
             &mut self.logits,
             false,
         );
+        lap(&mut self.seconds, layer::DECONV2, FORWARD, t);
     }
 
     /// The loss sums, and the gradients of `(BCE + KL) / B` with respect to the logits
     /// and, through the KL term only, to `mu` and `logvar` (the decoder's share is added
     /// in the backward pass).
     fn loss_gradient(&mut self, x: &[f32], b: usize) -> BatchLoss {
+        let t = Instant::now();
         let inv_b = 1.0 / b as f32;
         const CHUNK: usize = 1 << 12;
         let bce: f64 = self
@@ -350,12 +425,14 @@ impl Buffers {
             self.g_mu[i] = mu * inv_b;
             self.g_logvar[i] = 0.5 * (var - 1.0) * inv_b;
         }
+        lap(&mut self.seconds, layer::LOSS, FORWARD, t);
         BatchLoss { bce, kl }
     }
 
     fn backward(&mut self, d: &Dims, b: usize, w: &[&[f32]], eps: &[f32], grads: &mut [Vec<f32>]) {
         let (s0, s1) = (d.s0, d.s1);
         let g = grads;
+        let mut t = Instant::now();
         deconv_backward(
             &self.g_logits,
             (d.c1, d.s1),
@@ -366,6 +443,7 @@ impl Buffers {
             &mut self.g_a5,
         );
         relu_mask(&mut self.g_a5, &self.a5);
+        t = lap(&mut self.seconds, layer::DECONV2, BACKWARD, t);
         deconv_backward(
             &self.g_a5,
             (d.c2, d.s2),
@@ -376,11 +454,15 @@ impl Buffers {
             &mut self.g_d3,
         );
         relu_mask(&mut self.g_d3, &self.d3);
+        t = lap(&mut self.seconds, layer::DECONV1, BACKWARD, t);
         linear_backward(&self.g_d3, &self.d2, w[p::DEC_LINEAR3], &mut g[p::DEC_LINEAR3..], Some(&mut self.g_d2), b);
         relu_mask(&mut self.g_d2, &self.d2);
+        t = lap(&mut self.seconds, layer::DEC_LINEAR3, BACKWARD, t);
         linear_backward(&self.g_d2, &self.d1, w[p::DEC_LINEAR2], &mut g[p::DEC_LINEAR2..], Some(&mut self.g_d1), b);
         relu_mask(&mut self.g_d1, &self.d1);
+        t = lap(&mut self.seconds, layer::DEC_LINEAR2, BACKWARD, t);
         linear_backward(&self.g_d1, &self.z, w[p::DEC_LINEAR], &mut g[p::DEC_LINEAR..], Some(&mut self.g_z), b);
+        t = lap(&mut self.seconds, layer::DEC_LINEAR, BACKWARD, t);
         for (((g_mu, g_logvar), g_z), (eps, std)) in
             self.g_mu.iter_mut().zip(&mut self.g_logvar).zip(&self.g_z).zip(eps.iter().zip(&self.std))
         {
@@ -392,10 +474,13 @@ impl Buffers {
         // The var layer's input gradient adds into the mu layer's.
         matmul(&mut self.g_a4, Mat::rows(&self.g_logvar, b, d.zd), Mat::rows(w[p::VAR], d.zd, d.h2), true);
         relu_mask(&mut self.g_a4, &self.a4);
+        t = lap(&mut self.seconds, layer::HEADS, BACKWARD, t);
         linear_backward(&self.g_a4, &self.a3, w[p::ENC_LINEAR2], &mut g[p::ENC_LINEAR2..], Some(&mut self.g_a3), b);
         relu_mask(&mut self.g_a3, &self.a3);
+        t = lap(&mut self.seconds, layer::ENC_LINEAR2, BACKWARD, t);
         linear_backward(&self.g_a3, &self.a2, w[p::ENC_LINEAR], &mut g[p::ENC_LINEAR..], Some(&mut self.g_a2), b);
         relu_mask(&mut self.g_a2, &self.a2);
+        t = lap(&mut self.seconds, layer::ENC_LINEAR, BACKWARD, t);
         conv_backward(
             &self.g_a2,
             (d.c1, s1),
@@ -406,7 +491,9 @@ impl Buffers {
             Some(&mut self.g_a1),
         );
         relu_mask(&mut self.g_a1, &self.a1);
+        t = lap(&mut self.seconds, layer::CONV2, BACKWARD, t);
         conv_backward(&self.g_a1, (d.ch, s0), &self.cols1, &mut self.scratch, w[p::CONV1], &mut g[p::CONV1..], None);
+        lap(&mut self.seconds, layer::CONV1, BACKWARD, t);
     }
 }
 
@@ -480,8 +567,14 @@ fn linear_forward(x: &[f32], wb: &[&[f32]], out: &mut [f32], b: usize, relu: boo
     let (weight, bias) = (wb[0], wb[1]);
     let (n_out, n_in) = (bias.len(), x.len() / b);
     matmul(out, Mat::rows(x, b, n_in), Mat::rows(weight, n_out, n_in).t(), false);
-    for row in out.chunks_exact_mut(n_out) {
-        for (v, bias) in row.iter_mut().zip(bias) {
+    add_bias(out, bias, 1, relu);
+}
+
+/// Adds `bias[c]` to every value of plane `c` of `out` `(…, channels, plane)`, then
+/// applies a ReLU if `relu`.
+fn add_bias(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
+    for (values, bias) in out.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
+        for v in values {
             *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
         }
     }
@@ -526,11 +619,7 @@ fn conv_forward(x: &[f32], (c, s): (usize, usize), cols: &mut [f32], weight: &[f
         |((cols, img), out)| {
             im2col(img, (c, s, s), KERNEL, cols);
             matmul_with(out, Mat::rows(weight, n_out, ckk), Mat::rows(cols, ckk, hw), false, Parallelism::None);
-            for (row, bias) in out.chunks_exact_mut(hw).zip(bias) {
-                for v in row {
-                    *v = (*v + bias).max(0.0);
-                }
-            }
+            add_bias(out, bias, hw, true);
         },
     );
 }
@@ -601,11 +690,7 @@ fn deconv_forward(
             matmul_with(cols, Mat::rows(weight, c, okk).t(), Mat::rows(x, c, hw), false, Parallelism::None);
             out.fill(0.0);
             col2im_add(cols, (n_out, so, so), KERNEL, out);
-            for (plane, bias) in out.chunks_exact_mut(so * so).zip(bias) {
-                for v in plane {
-                    *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
-                }
-            }
+            add_bias(out, bias, so * so, relu);
         },
     );
 }
@@ -743,14 +828,15 @@ mod tests {
         }
     }
 
-    /// More images than one encoder chunk, the last chunk partial.
+    /// More images than one encoder chunk (of both sizes), the last chunks partial; a
+    /// smaller model keeps candle's side quick.
     #[test]
     fn encode_in_chunks_matches_candle() {
-        let cfg = VaeConfig::default();
+        let cfg = VaeConfig { conv_channels: [4, 6], hidden: [24, 12], ..VaeConfig::default() };
         let varmap = VarMap::new();
         init_varmap(&varmap, &cfg, 2, &Device::Cpu).unwrap();
         let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
-        let n = 2 * ENCODE_CONV_ROWS + 3;
+        let n = ENCODE_ROWS + ENCODE_CONV_ROWS + 3;
         let pixels = mnist_images(n);
         let x = Tensor::from_vec(pixels.clone(), (n, 1, 28, 28), &Device::Cpu).unwrap();
         let (mu, logvar) = vae.encode(&x).unwrap();

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use classifier::LinearSvcParams;
 use linfa::prelude::*;
@@ -159,57 +159,32 @@ fn training_step(batch: usize, reps: usize, peak: f64, autograd: bool) {
     );
 }
 
+/// Where a training step of [`CpuStep`] spends its time at `batch`, layer by layer
+/// (medians over the repetitions), and the Adam update.
 fn per_operation(batch: usize, reps: usize) {
-    let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    init_varmap(&varmap, &VaeConfig::default(), 0, &dev).unwrap();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let (varmap, vae) = model(&Device::Cpu);
+    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
-    let layers: Vec<(&str, Box<dyn Module>, Vec<usize>)> = vec![
-        ("enc.conv1", Box::new(vae_model::Conv2d::new(1, 16, 3, vb.pp("enc.conv1")).unwrap()), vec![batch, 1, 28, 28]),
-        (
-            "enc.conv2",
-            Box::new(vae_model::Conv2d::new(16, 32, 3, vb.pp("enc.conv2")).unwrap()),
-            vec![batch, 16, 26, 26],
-        ),
-        ("enc.linear", Box::new(vae_model::Linear::new(18432, 512, vb.pp("enc.linear")).unwrap()), vec![batch, 18432]),
-        ("enc.linear2", Box::new(vae_model::Linear::new(512, 256, vb.pp("enc.linear2")).unwrap()), vec![batch, 512]),
-        ("dec.linear2", Box::new(vae_model::Linear::new(256, 512, vb.pp("dec.linear2")).unwrap()), vec![batch, 256]),
-        ("dec.linear3", Box::new(vae_model::Linear::new(512, 18432, vb.pp("dec.linear3")).unwrap()), vec![batch, 512]),
-        (
-            "dec.deconv1",
-            Box::new(vae_model::ConvTranspose2d::new(32, 16, 3, vb.pp("dec.deconv1")).unwrap()),
-            vec![batch, 32, 24, 24],
-        ),
-        (
-            "dec.deconv2",
-            Box::new(vae_model::ConvTranspose2d::new(16, 1, 3, vb.pp("dec.deconv2")).unwrap()),
-            vec![batch, 16, 26, 26],
-        ),
-    ];
-    println!("per operation at batch {batch} (forward | forward + backward):");
-    for (name, layer, shape) in layers {
-        let x = Var::from_tensor(&random(&shape, &mut rng)).unwrap();
-        let fwd = measure(reps, || {
-            black_box(layer.forward(&x).unwrap());
-        });
-        let both = measure(reps, || {
-            black_box(layer.forward(&x).unwrap().sum_all().unwrap().backward().unwrap());
-        });
-        println!("  {name:12} {} | {}", ms(&fwd), ms(&both));
-    }
-    let (varmap, vae) = model(&dev);
-    let x = random(&[batch, 1, 28, 28], &mut rng);
-    let out = vae.forward(&x, &random(&[batch, 10], &mut rng)).unwrap();
-    let loss = measure(reps, || {
-        black_box(loss_terms(&out, &x).unwrap());
+    let pixels = random(&[batch, 784], &mut rng).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let noise = random(&[batch, 10], &mut rng).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut runs: Vec<Vec<(&str, f64, f64)>> = Vec::new();
+    measure(reps, || {
+        step.run(&pixels, &noise).unwrap();
+        runs.push(step.layer_seconds().collect());
     });
-    println!("  {:12} {}", "loss", ms(&loss));
+    println!("per layer at batch {batch} (forward | backward, ReLU and bias included):");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (i, (name, _, _)) in runs[0].iter().enumerate() {
+        let fwd = median(runs[1..].iter().map(|r| r[i].1).collect());
+        let bwd = median(runs[1..].iter().map(|r| r[i].2).collect());
+        println!("  {name:12} {:7.1} ms | {:7.1} ms", fwd * 1e3, bwd * 1e3);
+    }
     let mut adam = Adam::new(named_vars(&varmap), AdamConfig::default());
-    let terms = loss_terms(&out, &x).unwrap();
-    let grads = (terms.bce + terms.kl).unwrap().backward().unwrap();
-    let step = measure(reps, || adam.step(&grads).unwrap());
-    println!("  {:12} {}  (19.2 M parameters)", "adam step", ms(&step));
+    let s = measure(reps, || adam.step_with(|name| step.grad(name)).unwrap());
+    println!("  {:12} {}  (19.2 M parameters)", "adam step", ms(&s));
 }
 
 /// The encoder on 500 images: the CPU kernels that `latent-features` uses, and candle's
@@ -287,7 +262,9 @@ fn main() {
         }
     }
     if run("ops") {
-        per_operation(128, reps);
+        for batch in [128, 32] {
+            per_operation(batch, reps);
+        }
     }
     if run("encoder") {
         encoder(reps);

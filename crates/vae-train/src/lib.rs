@@ -46,8 +46,9 @@ pub struct TrainArgs {
     /// Number of passes over the training set
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
-    /// Images per optimisation step (the last batch of an epoch may be smaller)
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Images per optimisation step (the last batch of an epoch may be smaller); the CPU
+    /// step keeps about 1.2 MB of activations and gradients per image, so at most 8192
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=8192))]
     pub batch_size: u32,
     /// Adam learning rate (betas 0.9/0.999, eps 1e-8, no weight decay, as in PyTorch)
     #[arg(long, default_value_t = 1e-3, value_parser = parse_learning_rate)]

@@ -101,7 +101,14 @@ fn cpu_step_trains_like_autograd() {
 
 #[test]
 fn bad_flags_and_data_are_clear_errors() {
-    for (flag, bad) in [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-1"), ("--lr", "NaN"), ("--threads", "0")] {
+    for (flag, bad) in [
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--batch-size", "8193"),
+        ("--lr", "-1"),
+        ("--lr", "NaN"),
+        ("--threads", "0"),
+    ] {
         let argv = ["vae-train", "--out", "/tmp/x", &format!("{flag}={bad}")];
         let err = TrainArgs::try_parse_from(argv).unwrap_err().to_string();
         assert!(err.contains(flag), "{flag}={bad}: {err}");
