@@ -118,6 +118,19 @@ fn assert_every_file_complete(dir: &Path) {
     }
 }
 
+/// Temporary files (`.NAME.PID.tmp`) anywhere under `dir`.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for path in std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()) {
+        if path.is_dir() {
+            found.extend(temporaries(&path));
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            found.push(path);
+        }
+    }
+    found
+}
+
 /// Stage processes still alive (not zombies) whose command line mentions `dir`.
 fn live_processes_using(dir: &Path) -> Vec<String> {
     let needle = dir.to_string_lossy().to_string();
@@ -174,6 +187,11 @@ fn killed_pipeline_leaves_only_complete_files_and_a_rerun_finishes() {
     let log = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "rerun after kills at {delays:?} ms failed:\n{log}");
     assert_every_file_complete(&out);
+    assert_eq!(
+        temporaries(&out),
+        Vec::<PathBuf>::new(),
+        "the rerun cleared the killed writes (kills at {delays:?} ms)"
+    );
 
     // The classifier by hand, with writes limited to 4 KiB: confusion.npy (928 bytes)
     // fits, test_predictions.npy (8 KiB) does not.
@@ -202,7 +220,7 @@ fn killed_pipeline_leaves_only_complete_files_and_a_rerun_finishes() {
     assert!(stderr.contains("test_predictions.npy") && !stderr.contains("panicked"), "clear error:\n{stderr}");
     assert_eq!(std::fs::read(out.join("test_predictions.npy")).unwrap(), before, "failed write left the old file");
     assert_every_file_complete(&out);
-    assert!(!std::fs::read_dir(&out).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")));
+    assert_eq!(temporaries(&out), Vec::<PathBuf>::new(), "the failed write removed its temporary file");
     let output = pipeline().output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success() && log.contains("== classifier: /"), "classifier redone:\n{log}");

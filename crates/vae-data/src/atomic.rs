@@ -16,6 +16,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Atomic write for writers that want a path: `write` fills the temporary file it is
 /// given (in the same directory as `path`), which is then synced and renamed over
 /// `path`. On error the temporary file is removed and `path` is left untouched.
+///
+/// After a successful write, temporary files for `path` left by writers that were
+/// killed mid-write (their process is gone) are removed, so a rerun leaves no debris.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let tmp = temp_path(path);
     let result = write(&tmp).and_then(|()| File::open(&tmp)?.sync_all()).and_then(|()| fs::rename(&tmp, path));
@@ -27,7 +30,28 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Resu
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
+    remove_stale_temporaries(path);
     Ok(())
+}
+
+/// Removes `.NAME.PID.tmp` siblings of `path` whose writer process no longer exists.
+/// Best effort: where liveness cannot be told (no `/proc`), nothing is removed.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let pid = file_name.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".tmp"));
+        if pid.is_some_and(|pid| pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -51,6 +75,28 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(fs::read(&path).unwrap(), b"second", "a failed write keeps the old file");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_removes_temporaries_of_killed_writers_only() {
+        let dir = std::env::temp_dir().join(format!("vae-data-stale-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut finished = std::process::Command::new("true").spawn().unwrap();
+        let dead = finished.id();
+        finished.wait().unwrap();
+        let alive = std::os::unix::process::parent_id();
+        let stale = dir.join(format!(".out.bin.{dead}.tmp"));
+        let in_progress = dir.join(format!(".out.bin.{alive}.tmp"));
+        let other_file = dir.join(format!(".other.bin.{dead}.tmp"));
+        for path in [&stale, &in_progress, &other_file] {
+            fs::write(path, b"partial").unwrap();
+        }
+        write_atomic(&dir.join("out.bin"), b"whole").unwrap();
+        assert!(!stale.exists(), "a dead writer's temporary is removed");
+        assert!(in_progress.exists(), "a live writer's temporary is kept");
+        assert!(other_file.exists(), "another file's temporary is left to its own writes");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
