@@ -353,12 +353,12 @@ impl Buffers {
             conv_forward(a1, (d.c1, d.s1), &mut self.cols2[..n * cols2], w[p::CONV2], w[p::CONV2 + 1], a2);
             t = lap(&mut self.seconds, layer::CONV2, FORWARD, t);
         }
-        linear_forward(&self.a2, &w[p::ENC_LINEAR..], &mut self.a3, b, true);
+        linear_forward(&self.a2, &w[p::ENC_LINEAR..], &mut self.a3, b, true, &mut self.scratch);
         t = lap(&mut self.seconds, layer::ENC_LINEAR, FORWARD, t);
-        linear_forward(&self.a3, &w[p::ENC_LINEAR2..], &mut self.a4, b, true);
+        linear_forward(&self.a3, &w[p::ENC_LINEAR2..], &mut self.a4, b, true, &mut self.scratch);
         t = lap(&mut self.seconds, layer::ENC_LINEAR2, FORWARD, t);
-        linear_forward(&self.a4, &w[p::MU..], &mut self.mu, b, false);
-        linear_forward(&self.a4, &w[p::VAR..], &mut self.logvar, b, false);
+        linear_forward(&self.a4, &w[p::MU..], &mut self.mu, b, false, &mut self.scratch);
+        linear_forward(&self.a4, &w[p::VAR..], &mut self.logvar, b, false, &mut self.scratch);
         lap(&mut self.seconds, layer::HEADS, FORWARD, t);
     }
 
@@ -374,11 +374,11 @@ impl Buffers {
             *z = mu + eps * *std;
         }
         t = lap(&mut self.seconds, layer::HEADS, FORWARD, t);
-        linear_forward(&self.z, &w[p::DEC_LINEAR..], &mut self.d1, b, true);
+        linear_forward(&self.z, &w[p::DEC_LINEAR..], &mut self.d1, b, true, &mut self.scratch);
         t = lap(&mut self.seconds, layer::DEC_LINEAR, FORWARD, t);
-        linear_forward(&self.d1, &w[p::DEC_LINEAR2..], &mut self.d2, b, true);
+        linear_forward(&self.d1, &w[p::DEC_LINEAR2..], &mut self.d2, b, true, &mut self.scratch);
         t = lap(&mut self.seconds, layer::DEC_LINEAR2, FORWARD, t);
-        linear_forward(&self.d2, &w[p::DEC_LINEAR3..], &mut self.d3, b, true);
+        linear_forward(&self.d2, &w[p::DEC_LINEAR3..], &mut self.d3, b, true, &mut self.scratch);
         t = lap(&mut self.seconds, layer::DEC_LINEAR3, FORWARD, t);
         deconv_forward(&self.d3, (d.c2, s2), &mut self.scratch, w[p::DECONV1], w[p::DECONV1 + 1], &mut self.a5, true);
         t = lap(&mut self.seconds, layer::DECONV1, FORWARD, t);
@@ -527,13 +527,24 @@ impl<'a> Mat<'a> {
 /// `dst (a.rows × b.cols, row-major) = a · b`, or `+= a · b` when `accumulate`; the
 /// product is spread over the cores when it is large enough to pay for it.
 fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
-    let parallel = a.rows * a.cols * b.cols >= 1 << 20;
-    matmul_with(dst, a, b, accumulate, if parallel { Parallelism::Rayon(0) } else { Parallelism::None });
+    let parallelism = parallelism_for(&a, &b);
+    matmul_with(dst, a, b, accumulate, parallelism);
+}
+
+/// All cores for products of at least 2²⁰ multiply-adds, one below that.
+fn parallelism_for(a: &Mat, b: &Mat) -> Parallelism {
+    if a.rows * a.cols * b.cols >= 1 << 20 { Parallelism::Rayon(0) } else { Parallelism::None }
 }
 
 fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: Parallelism) {
+    product(dst, false, a, b, accumulate, parallelism);
+}
+
+/// `dst = a · b` (or `+=`), `dst` row-major or, with `column_major`, column-major.
+fn product(dst: &mut [f32], column_major: bool, a: Mat, b: Mat, accumulate: bool, parallelism: Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && dst.len() == m * n && a.fits() && b.fits(), "matmul: shapes do not match");
+    let (dst_row_stride, dst_col_stride) = if column_major { (1, m) } else { (n, 1) };
     // SAFETY: the assertion keeps every index gemm computes from the shapes and strides
     // inside the three slices; `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
@@ -542,8 +553,8 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_col_stride as isize,
+            dst_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -561,13 +572,37 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
     }
 }
 
+/// Batches of at most this many rows go through [`linear_forward`]'s column-major product.
+const COLUMN_MAJOR_ROWS: usize = 128;
+
 /// `out = x Wᵀ + bias` for `b` rows, followed by a ReLU if `relu`; `wb` starts with the
-/// layer's weight `(out, in)` and bias.
-fn linear_forward(x: &[f32], wb: &[&[f32]], out: &mut [f32], b: usize, relu: bool) {
+/// layer's weight `(out, in)` and bias. For up to [`COLUMN_MAJOR_ROWS`] rows and a layer
+/// that narrows (`in ≥ out`), the product is computed column-major into `scratch` and
+/// transposed back: gemm then reads the weight in place instead of packing it. For the
+/// 18432→512 layer that is 1.2–1.7× faster at batch 32 and 128; it is slower at 512
+/// rows, and for the widening 512→18432 layer it made the backward pass slower
+/// (BENCHMARKS.md).
+fn linear_forward(x: &[f32], wb: &[&[f32]], out: &mut [f32], b: usize, relu: bool, scratch: &mut Vec<f32>) {
     let (weight, bias) = (wb[0], wb[1]);
     let (n_out, n_in) = (bias.len(), x.len() / b);
-    matmul(out, Mat::rows(x, b, n_in), Mat::rows(weight, n_out, n_in).t(), false);
-    add_bias(out, bias, 1, relu);
+    let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(weight, n_out, n_in).t());
+    if b > COLUMN_MAJOR_ROWS || n_in < n_out {
+        matmul(out, x, weight_t, false);
+        add_bias(out, bias, 1, relu);
+        return;
+    }
+    if scratch.len() < out.len() {
+        scratch.resize(out.len(), 0.0);
+    }
+    let out_t = &mut scratch[..out.len()];
+    let parallelism = parallelism_for(&x, &weight_t);
+    product(out_t, true, x, weight_t, false, parallelism);
+    let out_t = &*out_t;
+    out.par_chunks_mut(n_out).enumerate().for_each(|(i, row)| {
+        for ((v, t), bias) in row.iter_mut().zip(out_t[i..].iter().step_by(b)).zip(bias) {
+            *v = if relu { (t + bias).max(0.0) } else { t + bias };
+        }
+    });
 }
 
 /// Adds `bias[c]` to every value of plane `c` of `out` `(…, channels, plane)`, then
