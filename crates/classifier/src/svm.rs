@@ -228,6 +228,14 @@ pub(crate) struct BinaryFit {
     pub(crate) convergence: Convergence,
 }
 
+/// One dual coordinate's state: its value α, its label ±1, and `Q_ii + D_ii`.
+#[repr(align(32))]
+struct Coordinate {
+    alpha: f64,
+    y: f64,
+    qd: f64,
+}
+
 /// Dual coordinate descent for `min_α ½ αᵀ(Q + D)α − eᵀα, α ≥ 0` with
 /// `Q_ij = y_i y_j x_i·x_j` and `D = 1/(2C)`, keeping `w = Σ α_i y_i x_i`. Returns the
 /// fit and the dual variables α.
@@ -241,9 +249,16 @@ pub(crate) fn solve_binary<R: RowValue>(
     let n = y.len();
     let diag = 0.5 / params.c;
     let row = |i: usize| &rows[i * dim..(i + 1) * dim];
-    let qd: Vec<f64> = (0..n).map(|i| row(i).iter().map(|&v| v.into() * v.into()).sum::<f64>() + diag).collect();
+    // α, y and the diagonal of Q + D side by side: a coordinate step then touches one
+    // cache line for them instead of three (the rows are visited in random order).
+    let mut coords: Vec<Coordinate> = (0..n)
+        .map(|i| Coordinate {
+            alpha: 0.0,
+            y: y[i],
+            qd: row(i).iter().map(|&v| v.into() * v.into()).sum::<f64>() + diag,
+        })
+        .collect();
     let mut w = vec![0.0; dim];
-    let mut alpha = vec![0.0; n];
     let mut index: Vec<usize> = (0..n).collect();
     let mut active = n;
     // With the squared hinge there is no upper bound on α, so only PGmax shrinks.
@@ -261,15 +276,14 @@ pub(crate) fn solve_binary<R: RowValue>(
         while s < active {
             if let Some(&ahead) = index.get(s + PREFETCH_DISTANCE).filter(|_| s + PREFETCH_DISTANCE < active) {
                 prefetch(row(ahead));
-                prefetch(std::slice::from_ref(&alpha[ahead]));
-                prefetch(std::slice::from_ref(&qd[ahead]));
-                prefetch(std::slice::from_ref(&y[ahead]));
+                prefetch(std::slice::from_ref(&coords[ahead]));
             }
             let i = index[s];
             let xi = row(i);
-            let g = y[i] * xi.iter().zip(&w).map(|(&a, b)| a.into() * b).sum::<f64>() - 1.0 + diag * alpha[i];
+            let c = &mut coords[i];
+            let g = c.y * xi.iter().zip(&w).map(|(&a, b)| a.into() * b).sum::<f64>() - 1.0 + diag * c.alpha;
             let mut pg = g;
-            if alpha[i] == 0.0 {
+            if c.alpha == 0.0 {
                 if g > pg_max_old {
                     // Shrink: this coordinate is at its bound and likely to stay there.
                     active -= 1;
@@ -281,9 +295,9 @@ pub(crate) fn solve_binary<R: RowValue>(
             pg_max = pg_max.max(pg);
             pg_min = pg_min.min(pg);
             if pg.abs() > 1e-12 {
-                let old = alpha[i];
-                alpha[i] = (old - g / qd[i]).max(0.0);
-                let step = (alpha[i] - old) * y[i];
+                let old = c.alpha;
+                c.alpha = (old - g / c.qd).max(0.0);
+                let step = (c.alpha - old) * c.y;
                 w.iter_mut().zip(xi).for_each(|(wk, &xk)| *wk += step * xk.into());
             }
             s += 1;
@@ -302,6 +316,7 @@ pub(crate) fn solve_binary<R: RowValue>(
         pg_max_old = if pg_max <= 0.0 { f64::INFINITY } else { pg_max };
     }
     let converged = violation <= params.tol && active == n;
+    let alpha: Vec<f64> = coords.iter().map(|c| c.alpha).collect();
     let support_vectors = alpha.iter().filter(|&&a| a > 0.0).count();
     (
         BinaryFit { w, convergence: Convergence { iterations, max_violation: violation, converged, support_vectors } },
