@@ -35,7 +35,9 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Resu
 }
 
 /// Removes `.NAME.PID.tmp` siblings of `path` whose writer process no longer exists.
-/// Best effort: where liveness cannot be told (no `/proc`), nothing is removed.
+/// Best effort: where liveness cannot be told (no `/proc`), nothing is removed; a writer
+/// in another PID namespace looks gone (its rename then fails with an error, and no
+/// complete file is lost).
 fn remove_stale_temporaries(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
     if !Path::new("/proc/self").exists() {
