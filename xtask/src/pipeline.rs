@@ -226,7 +226,7 @@ impl RunLock {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-                    if !pid.is_empty() && Path::new("/proc").join(&pid).exists() {
+                    if pid.parse().ok().and_then(vae_data::process_running) == Some(true) {
                         bail!(
                             "{} is in use by another pipeline (pid {pid}); wait for it or remove {}",
                             run.display(),

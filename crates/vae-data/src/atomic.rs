@@ -34,15 +34,24 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Resu
     Ok(())
 }
 
-/// Removes `.NAME.PID.tmp` siblings of `path` whose writer process no longer exists.
-/// Best effort: where liveness cannot be told (no `/proc`), nothing is removed; a writer
-/// in another PID namespace looks gone (its rename then fails with an error, and no
+/// Whether process `pid` is running: `None` where that cannot be told (no `/proc`);
+/// a zombie (killed, not yet reaped) counts as not running.
+pub fn process_running(pid: u32) -> Option<bool> {
+    if !Path::new("/proc/self/stat").exists() {
+        return None;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return Some(false) };
+    // The state is the first field after the command name, which is in parentheses.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    Some(!matches!(state, Some('Z' | 'X') | None))
+}
+
+/// Removes `.NAME.PID.tmp` siblings of `path` whose writer is no longer running.
+/// Best effort: where that cannot be told (no `/proc`), nothing is removed; a writer in
+/// another PID namespace looks gone (its rename then fails with an error, and no
 /// complete file is lost).
 fn remove_stale_temporaries(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let prefix = format!(".{}.", name.to_string_lossy());
     let Ok(entries) = fs::read_dir(dir) else { return };
@@ -50,7 +59,7 @@ fn remove_stale_temporaries(path: &Path) {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
         let pid = file_name.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".tmp"));
-        if pid.is_some_and(|pid| pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists()) {
+        if pid.and_then(|pid| pid.parse().ok()).and_then(process_running) == Some(false) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -100,5 +109,23 @@ mod tests {
         assert!(in_progress.exists(), "a live writer's temporary is kept");
         assert!(other_file.exists(), "another file's temporary is left to its own writes");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_killed_unreaped_process_is_not_running() {
+        assert_eq!(process_running(std::process::id()), Some(true));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert_eq!(process_running(child.id()), Some(true));
+        child.kill().unwrap();
+        // Until `wait`, the killed child is a zombie: its /proc entry is still there.
+        let zombie = std::time::Instant::now();
+        while process_running(child.id()) != Some(false) {
+            assert!(zombie.elapsed().as_secs() < 10, "killed child still running");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(Path::new(&format!("/proc/{}", child.id())).exists(), "not yet reaped");
+        child.wait().unwrap();
+        assert_eq!(process_running(child.id()), Some(false));
     }
 }

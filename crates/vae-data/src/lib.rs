@@ -14,7 +14,7 @@ mod known;
 mod npy;
 pub mod seed;
 
-pub use atomic::{write_atomic, write_atomic_with};
+pub use atomic::{process_running, write_atomic, write_atomic_with};
 pub use checksum::{Manifest, sha256_file, sha256_hex};
 pub use error::{DataError, Result};
 pub use idx::{IMAGE_SIDE, IdxArray, NUM_CLASSES, Split, SplitKind, decode_idx, load_split};
