@@ -237,11 +237,18 @@ fn tsne(reps: usize) {
     println!("t-SNE, 10000×20, 1000 iterations: {}  (10-NN label agreement {agreement:.3})", ms(&s));
 }
 
+/// The sections `--only` can name.
+const SECTIONS: [&str; 7] = ["peak", "step", "autograd", "ops", "encoder", "classifier", "tsne"];
+
 fn main() {
     vae_train::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(s)) {
+        eprintln!("unknown section '{unknown}' for --only: expected one of {}", SECTIONS.join(", "));
+        std::process::exit(2);
+    }
     let run = |section: &str| only.is_empty() || only.contains(&section);
     let reps = if quick { 3 } else { 7 };
     let threads = rayon::current_num_threads();
