@@ -301,24 +301,27 @@ fn solve_blocks<R: RowValue, const N: usize>(
     debug_assert!(rows.block == N && rest.is_empty() && blocks.len() == y.len() * rows.blocks);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        fn solve_avx2<R: RowValue, const N: usize>(
-            blocks: &[[R; N]],
-            per_row: usize,
-            y: &[f64],
-            params: &LinearSvcParams,
-            seed: u64,
-        ) -> (BinaryFit, Vec<f64>) {
-            if per_row == 1 {
-                solve(blocks, y, params, seed, [[0.0; N]; 1])
-            } else {
-                solve(blocks, y, params, seed, vec![[0.0; N]; per_row])
-            }
-        }
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
         return unsafe { solve_avx2(blocks, rows.blocks, y, params, seed) };
     }
     solve(blocks, y, params, seed, vec![[0.0; N]; rows.blocks])
+}
+
+/// [`solve`] compiled for AVX2 and FMA, the weights on the stack for one-block rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn solve_avx2<R: RowValue, const N: usize>(
+    blocks: &[[R; N]],
+    per_row: usize,
+    y: &[f64],
+    params: &LinearSvcParams,
+    seed: u64,
+) -> (BinaryFit, Vec<f64>) {
+    if per_row == 1 {
+        solve(blocks, y, params, seed, [[0.0; N]; 1])
+    } else {
+        solve(blocks, y, params, seed, vec![[0.0; N]; per_row])
+    }
 }
 
 /// `x · w` as four interleaved partial sums (value index mod 4), added pairwise: four
@@ -530,6 +533,25 @@ mod tests {
             assert_eq!(a.w, b.w);
             assert_eq!(a.convergence.iterations, b.convergence.iterations);
         }
+    }
+
+    /// The AVX2 build of the solver gives the baseline build's bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_solver_is_bit_identical() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let x = Array2::from_shape_fn((300, 20), |(i, j)| ((i * 31 + j * 17) % 23) as f64 * 0.11 - 1.2);
+        let y: Vec<f64> = (0..300).map(|i| if (i * 7) % 5 < 2 { 1.0 } else { -1.0 }).collect();
+        let rows = Rows::<f64>::new(x.view());
+        let blocks = rows.values.as_chunks::<24>().0;
+        let params = LinearSvcParams::default().max_iter(30);
+        let plain = solve(blocks, &y, &params, 3, vec![[0.0; 24]; 1]);
+        // SAFETY: AVX2 and FMA are present, checked above.
+        let avx2 = unsafe { solve_avx2(blocks, 1, &y, &params, 3) };
+        assert!(plain.0.w.iter().any(|&w| w != 0.0));
+        assert_eq!((plain.0.w, plain.1), (avx2.0.w, avx2.1));
     }
 
     #[test]
