@@ -77,7 +77,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub test_limit: Option<u32>,
     /// Continue from the run directory's checkpoint.safetensors (refused if it was made
-    /// with other flags or other data); starts afresh when there is no checkpoint yet
+    /// with other data or other flags, bar --epochs, --threads, --device and --autograd);
+    /// starts afresh when there is no checkpoint yet
     #[arg(long)]
     pub resume: bool,
 }
@@ -123,8 +124,10 @@ fn images_tensor(split: &Split, indices: &[usize], device: &Device) -> candle_co
     Tensor::from_vec(split.gather_f32(indices), (indices.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)
 }
 
-/// Everything that must match for a checkpoint to be resumed (all flags but `--epochs`,
-/// `--threads` and `--resume`, plus the model shape and the input checksums).
+/// Everything that must match for a checkpoint to be resumed: the flags that define the
+/// experiment (all but `--epochs`, `--resume`, `--out`, and the execution choices
+/// `--threads`, `--device` and `--autograd`, which change results only by float
+/// rounding), the model shape and the input checksums.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Fingerprint {
     batch_size: u32,
