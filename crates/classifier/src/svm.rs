@@ -287,10 +287,9 @@ pub(crate) fn solve_binary<R: RowValue>(
     }
 }
 
-/// [`solve`] with blocks of `N` values, compiled for AVX2 and FMA where the CPU has
-/// them (for wider vectors: Rust never fuses a multiply and an add on its own, so the
-/// fit is bit-identical either way); the weights stay in registers when a row is one
-/// block.
+/// [`solve_rows`] with blocks of `N` values, compiled for AVX2 and FMA where the CPU
+/// has them (for wider vectors: Rust never fuses a multiply and an add on its own, so
+/// the fit is bit-identical either way).
 fn solve_blocks<R: RowValue, const N: usize>(
     rows: &Rows<R>,
     y: &[f64],
@@ -304,13 +303,26 @@ fn solve_blocks<R: RowValue, const N: usize>(
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
         return unsafe { solve_avx2(blocks, rows.blocks, y, params, seed) };
     }
-    solve(blocks, y, params, seed, vec![[0.0; N]; rows.blocks])
+    solve_rows(blocks, rows.blocks, y, params, seed)
 }
 
-/// [`solve`] compiled for AVX2 and FMA, the weights on the stack for one-block rows.
+/// [`solve_rows`] compiled for AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn solve_avx2<R: RowValue, const N: usize>(
+    blocks: &[[R; N]],
+    per_row: usize,
+    y: &[f64],
+    params: &LinearSvcParams,
+    seed: u64,
+) -> (BinaryFit, Vec<f64>) {
+    solve_rows(blocks, per_row, y, params, seed)
+}
+
+/// [`solve`] for rows of `per_row` blocks, the weights on the stack when a row is one
+/// block (they then stay in registers).
+#[inline(always)]
+fn solve_rows<R: RowValue, const N: usize>(
     blocks: &[[R; N]],
     per_row: usize,
     y: &[f64],
@@ -547,7 +559,7 @@ mod tests {
         let rows = Rows::<f64>::new(x.view());
         let blocks = rows.values.as_chunks::<24>().0;
         let params = LinearSvcParams::default().max_iter(30);
-        let plain = solve(blocks, &y, &params, 3, vec![[0.0; 24]; 1]);
+        let plain = solve_rows(blocks, 1, &y, &params, 3);
         // SAFETY: AVX2 and FMA are present, checked above.
         let avx2 = unsafe { solve_avx2(blocks, 1, &y, &params, 3) };
         assert!(plain.0.w.iter().any(|&w| w != 0.0));
