@@ -226,8 +226,8 @@ impl AdamUpdate<'_> {
     }
 
     /// [`Self::chunk`] compiled for AVX2 and FMA: eight lanes per square root and
-    /// division instead of four, ≈ 10–15 % faster, and bit-identical (Rust never fuses a
-    /// multiply and an add on its own).
+    /// division instead of four (timings in BENCHMARKS.md), and bit-identical (Rust
+    /// never fuses a multiply and an add on its own).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn chunk_avx2(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
