@@ -4,6 +4,7 @@
 //! - `cargo xtask ci`: formatting, lints and tests, as CI runs them.
 //! - `cargo xtask bench`: the throughput benchmark (`vae-train`'s `throughput` bench).
 
+mod html;
 mod pipeline;
 mod report;
 
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Run every stage (vae-train, latent-features, classifier, viz) and write report.md
-    Pipeline(pipeline::PipelineArgs),
+    Pipeline(Box<pipeline::PipelineArgs>),
     /// Check formatting, run clippy with warnings denied, and run the test suite
     Ci,
     /// Measure the FMA and GEMM peaks, the training step, its per-layer costs, the

@@ -12,6 +12,8 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 
+use vae_data::run::{open_unit_interval, positive_finite, unit_interval};
+
 use crate::{cargo, project_root, report};
 
 /// Flags of `cargo xtask pipeline`.
@@ -27,16 +29,35 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
     /// Training epochs [default: 20, or 1 with --quick]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: Option<u32>,
-    /// Training batch size (vae-train's default when absent)
-    #[arg(long)]
+    /// Training batch size, 1 to 1024 (vae-train's default when absent)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: Option<u32>,
     /// Seed of every random choice
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Threads for training and encoding [default: all cores]
+    /// Training preset (vae-train --recipe): seed, the seed's stated settings
+    #[arg(long, value_parser = ["seed"], conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema"])]
+    pub recipe: Option<String>,
+    /// Adam's peak learning rate (vae-train's default when absent: 1e-3)
+    #[arg(long, value_parser = positive_finite)]
+    pub lr: Option<f64>,
+    /// Learning-rate schedule: constant, cosine or step (vae-train --help explains them)
+    #[arg(long, value_parser = ["constant", "cosine", "step"])]
+    pub lr_schedule: Option<String>,
+    /// Cosine schedule: the final learning rate as a fraction of the peak, in [0, 1]
+    #[arg(long, value_parser = unit_interval)]
+    pub lr_final_fraction: Option<f64>,
+    /// Epochs of linear learning-rate warm-up
     #[arg(long)]
+    pub warmup_epochs: Option<u32>,
+    /// Decay of an exponential moving average of the weights, strictly between 0 and 1;
+    /// the average is what is evaluated and written
+    #[arg(long, value_parser = open_unit_interval)]
+    pub ema: Option<f64>,
+    /// Threads for training (1 to 1024) [default: all cores]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
     /// Device for training, evaluation and encoding: cpu, or cuda / cuda:N, which builds
     /// the stages with `--features cuda` (needs the CUDA toolkit) [default: cpu]
@@ -102,6 +123,19 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     }
     if let Some(t) = args.threads {
         train.extend(["--threads".into(), t.to_string()]);
+    }
+    let recipe = [
+        ("--recipe", args.recipe.clone()),
+        ("--lr", args.lr.map(|x| x.to_string())),
+        ("--lr-schedule", args.lr_schedule.clone()),
+        ("--lr-final-fraction", args.lr_final_fraction.map(|x| x.to_string())),
+        ("--warmup-epochs", args.warmup_epochs.map(|x| x.to_string())),
+        ("--ema", args.ema.map(|x| x.to_string())),
+    ];
+    for (flag, value) in recipe {
+        if let Some(value) = value {
+            train.extend([flag.to_string(), value]);
+        }
     }
     if let Some(device) = args.device.as_ref().filter(|d| *d != "cpu") {
         for stage in [&mut train, &mut eval, &mut features] {
@@ -212,40 +246,47 @@ impl Stage {
     }
 }
 
-/// A lock file that keeps a second pipeline out of the same run directory.
-struct RunLock(PathBuf);
+/// An advisory lock (`flock`) on `RUN/.lock` that keeps a second pipeline out of the
+/// same run directory. Taking it is one atomic system call, and the kernel releases it
+/// when the holder exits, however it dies (`kill -9` included), so there is no stale lock
+/// to detect or remove. The file is never deleted (deleting a locked file would let a
+/// later pipeline lock a new file while an earlier one still holds the old); it holds the
+/// holder's PID, for the refusal message, and is emptied on release.
+struct RunLock(File);
 
 impl RunLock {
     fn acquire(run: &Path) -> anyhow::Result<Self> {
         let path = run.join(".lock");
-        for _ in 0..2 {
-            match File::options().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id())?;
-                    return Ok(Self(path));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-                    if pid.parse().ok().and_then(vae_data::process_running) == Some(true) {
-                        bail!(
-                            "{} is in use by another pipeline (pid {pid}); wait for it or remove {}",
-                            run.display(),
-                            path.display()
-                        );
-                    }
-                    // The process that held it is gone: a stale lock.
-                    fs::remove_file(&path).with_context(|| format!("removing stale lock {}", path.display()))?;
-                }
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening the run lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&path).unwrap_or_default();
+                let pid = if pid.trim().is_empty() { "not yet written".to_string() } else { pid.trim().to_string() };
+                bail!("{} is in use by another pipeline (pid {pid}); wait for it to finish or stop it", run.display());
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
-        bail!("could not take the lock {}", path.display())
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(file))
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        // Still locked here: emptying the file tells a reader that nobody holds it.
+        // Closing the file releases the lock.
+        let _ = self.0.set_len(0);
     }
 }
 
@@ -299,9 +340,13 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     fs::create_dir_all(run.join(".stages")).with_context(|| format!("creating {}", run.display()))?;
     let _lock = RunLock::acquire(&run)?;
 
-    eprintln!("building the stage binaries (release)…");
+    eprintln!(
+        "building the stage binaries (release; the first build compiles candle and linfa, about 5 minutes on 2 cores)…"
+    );
     let mut build = cargo();
-    build.args(["build", "--release", "--quiet"]);
+    // cargo's own progress (a bar on a terminal, one line per crate otherwise); with
+    // nothing to build it prints a single `Finished` line.
+    build.args(["build", "--release"]);
     for package in STAGE_PACKAGES {
         build.args(["-p", package]);
     }
@@ -342,7 +387,8 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     }
     let summary = report::write(&run, &results)?;
     println!("{summary}");
-    eprintln!("report: {}", run.join("report.md").display());
+    println!("{}", report::headline(&run));
+    println!("report: {} (and report.html beside it, for a browser)", run.join("report.md").display());
     Ok(())
 }
 
@@ -351,18 +397,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_pipeline_is_refused_and_a_stale_lock_is_taken_over() {
+    fn a_second_pipeline_is_refused_and_a_dead_holders_lock_is_taken() {
         let run = std::env::temp_dir().join(format!("xtask-lock-{}", std::process::id()));
         fs::create_dir_all(&run).unwrap();
         let lock = RunLock::acquire(&run).unwrap();
+        assert_eq!(fs::read_to_string(run.join(".lock")).unwrap().trim(), std::process::id().to_string());
         let err = RunLock::acquire(&run).err().unwrap().to_string();
         assert!(err.contains("in use by another pipeline"), "{err}");
         drop(lock);
-        // A lock left by a process that no longer exists.
+        assert_eq!(fs::read_to_string(run.join(".lock")).unwrap(), "", "released: emptied, not deleted");
+        // A lock file left by a process that no longer exists holds no lock.
         fs::write(run.join(".lock"), "4294967\n").unwrap();
-        let lock = RunLock::acquire(&run).unwrap();
-        drop(lock);
-        assert!(!run.join(".lock").exists());
+        drop(RunLock::acquire(&run).unwrap());
+        fs::remove_dir_all(run).unwrap();
+    }
+
+    /// Many simultaneous takers (each its own open file, as separate processes would
+    /// have): exactly one gets the lock while it is held.
+    #[test]
+    fn exactly_one_of_many_simultaneous_takers_gets_the_lock() {
+        let run = std::env::temp_dir().join(format!("xtask-lock-race-{}", std::process::id()));
+        fs::create_dir_all(&run).unwrap();
+        for round in 0..5 {
+            let barrier = std::sync::Barrier::new(24);
+            let taken: Vec<bool> = std::thread::scope(|scope| {
+                let takers: Vec<_> = (0..24)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            let lock = RunLock::acquire(&run);
+                            // Every taker has tried before the winner lets go.
+                            barrier.wait();
+                            lock.is_ok()
+                        })
+                    })
+                    .collect();
+                takers.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            assert_eq!(taken.iter().filter(|&&t| t).count(), 1, "round {round}: {taken:?}");
+        }
         fs::remove_dir_all(run).unwrap();
     }
 
@@ -375,6 +448,12 @@ mod tests {
             epochs: None,
             batch_size: None,
             seed: 0,
+            recipe: None,
+            lr: None,
+            lr_schedule: None,
+            lr_final_fraction: None,
+            warmup_epochs: None,
+            ema: None,
             threads: None,
             device: device.map(String::from),
             quick: true,

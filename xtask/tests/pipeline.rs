@@ -35,7 +35,7 @@ fn quick_pipeline_writes_every_documented_output_and_skips_when_up_to_date() {
     assert!(first.contains("| accuracy |"), "summary table printed:\n{first}");
 
     let f = |name: &str| out.join(name);
-    assert_eq!(shape_f32(&f("history.npy"), &[Some(1), Some(7)]), vec![1, 7]);
+    assert_eq!(shape_f32(&f("history.npy"), &[Some(1), Some(10)]), vec![1, 10]);
     assert_eq!(shape_f32(&f("train_latents.npy"), &[Some(5000), Some(20)]), vec![5000, 20]);
     assert_eq!(shape_f32(&f("test_latents.npy"), &[Some(1000), Some(20)]), vec![1000, 20]);
     assert_eq!(shape_i64(&f("train_labels.npy"), &[Some(5000)]), vec![5000]);
@@ -76,10 +76,124 @@ fn quick_pipeline_writes_every_documented_output_and_skips_when_up_to_date() {
         assert!(png.0 > 50 && png.1 > 50, "{figure} is a real image: {png:?}");
     }
 
+    let html = std::fs::read_to_string(f("report.html")).unwrap();
+    assert_eq!(html.matches("<img src=\"figures/").count(), 9, "report.html shows every figure");
+    assert!(html.contains("test loss, z = mean") && first.contains("LinearSVC test accuracy 0."), "{first}");
+    check_in_chromium(&f("report.html"));
+
     // A second run finds every stage up to date.
     let second = run(&[]);
     assert_eq!(second.matches("up to date, skipped").count(), 5, "{second}");
+
+    // A damaged model is rewritten from the checkpoint, without training, and the stages
+    // that read it run again.
+    let model = f("model.safetensors");
+    let whole = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &whole[..whole.len() / 2]).unwrap();
+    let repaired = run(&[]);
+    assert!(repaired.contains("== train: ") && repaired.contains("== latent-features: "), "{repaired}");
+    assert!(repaired.contains("rewrote the training outputs from"), "{repaired}");
+    assert_eq!(std::fs::read(&model).unwrap(), whole, "the model is rewritten, bit for bit, from the checkpoint");
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Flags the stages would refuse are refused before the run directory is made.
+#[test]
+fn invalid_pipeline_flags_are_refused_before_anything_is_written() {
+    let out = std::env::temp_dir().join(format!("xtask-flags-{}", std::process::id()));
+    for flags in [
+        ["--epochs", "0"],
+        ["--batch-size", "0"],
+        ["--threads", "0"],
+        ["--batch-size", "1025"],
+        ["--ema", "1"],
+        ["--lr", "-1"],
+        ["--lr-schedule", "linear"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["pipeline", "--out", out.to_str().unwrap()])
+            .arg(format!("{}={}", flags[0], flags[1]))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(flags[0]), "{flags:?}: {stderr}");
+        assert!(!out.exists(), "{flags:?} created {}", out.display());
+    }
+}
+
+/// Twenty pipelines started at once on one run directory: exactly one gets past the lock
+/// (it is then stopped); the others are refused with a clear message.
+#[test]
+fn of_twenty_simultaneous_pipelines_exactly_one_runs() {
+    let out = std::env::temp_dir().join(format!("xtask-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut children: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_xtask"))
+                .args(["pipeline", "--quick", "--out", out.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut refused = 0;
+    let started = Instant::now();
+    while refused < 19 && started.elapsed() < Duration::from_secs(120) {
+        for child in &mut children {
+            if child.try_wait().unwrap().is_some() && child.stderr.is_some() {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
+                assert!(text.contains("in use by another pipeline"), "a pipeline ended otherwise:\n{text}");
+                refused += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running: Vec<u32> =
+        children.iter_mut().filter_map(|c| c.try_wait().unwrap().is_none().then(|| c.id())).collect();
+    for child in &mut children {
+        // SAFETY: kill(2) of the process groups this test started.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    assert_eq!((refused, running.len()), (19, 1), "19 refused, one still running");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Opens `report.html` in headless Chromium (Debian's `chromium`, when installed) and
+/// checks that every image loaded; skipped, saying so, where Chromium is absent.
+fn check_in_chromium(report: &Path) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        eprintln!("report.html not opened in a browser: no chromium installed (apt-get install chromium)");
+        return;
+    };
+    // A copy beside the report (so that its relative links hold) that records, once the
+    // page has loaded, how many images it has and which did not load.
+    let probe = report.with_file_name("report-probe.html");
+    let script = "<script>window.addEventListener('load', () => { const imgs = [...document.images]; \
+        document.body.dataset.images = imgs.length; document.body.dataset.broken = imgs.filter(i => \
+        !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src')).join(' '); });</script>";
+    let html = std::fs::read_to_string(report).unwrap().replace("</body>", &format!("{script}</body>"));
+    std::fs::write(&probe, html).unwrap();
+    let profile = report.with_file_name("chromium-profile");
+    let output = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom"])
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(dom.contains("data-images=\"9\""), "Chromium saw the page's 9 images:\n{dom}");
+    assert!(dom.contains("data-broken=\"\""), "an image did not load:\n{dom}");
+    std::fs::remove_file(probe).unwrap();
+    let _ = std::fs::remove_dir_all(profile);
 }
 
 /// Width and height from a PNG's IHDR chunk.
@@ -111,6 +225,7 @@ fn assert_every_file_complete(dir: &Path) {
             "safetensors" => drop(vae_model::read_tensors(&path, &candle_core::Device::Cpu).unwrap()),
             // A PNG is complete when it ends with the IEND chunk.
             "png" => assert!(bytes.ends_with(b"IEND\xaeB`\x82"), "{} is cut short", path.display()),
+            "html" => assert!(bytes.ends_with(b"</html>\n"), "{} is cut short", path.display()),
             "md" | "cmd" | "lock" | "" => assert!(std::str::from_utf8(&bytes).is_ok(), "{}", path.display()),
             "seconds" => assert!(std::str::from_utf8(&bytes).is_ok_and(|s| s.trim().parse::<f64>().is_ok()), "{name}"),
             _ => panic!("unexpected file {}", path.display()),

@@ -255,5 +255,11 @@ mod tests {
         let e = format!("{:#}", run(&args).unwrap_err());
         assert!(e.contains("20 columns but test features have 16"), "{e}");
         assert!(!d.join("out/metrics.json").exists());
+        // One class only (scikit-learn refuses it too).
+        write_npy_i64(&p("y_one.npy"), &[4], &[3; 4]).unwrap();
+        let one_class = ClassifierArgs { train_labels: p("y_one.npy"), test: p("x20.npy"), ..args };
+        let e = format!("{:#}", run(&one_class).unwrap_err());
+        assert!(e.contains("single class (3)"), "{e}");
+        assert!(!d.join("out/metrics.json").exists());
     }
 }

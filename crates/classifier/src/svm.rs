@@ -127,6 +127,12 @@ where
             return Err(ClassifierError::Params(format!("cannot fit {n}x{d} features with {} labels", labels.len())));
         }
         let classes = labels.iter().max().map_or(0, |m| m + 1);
+        let first = labels[0];
+        if labels.iter().all(|&l| l == first) {
+            return Err(ClassifierError::Params(format!(
+                "the training labels hold a single class ({first}): a classifier needs samples of at least two"
+            )));
+        }
         // Features that came from f32 (latents do) are stored as f32: the same values,
         // half the memory traffic per coordinate step, bit-identical fits.
         let fits = if x.iter().all(|&v| f64::from(v as f32) == v) {

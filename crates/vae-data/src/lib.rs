@@ -12,6 +12,7 @@ mod error;
 mod idx;
 mod known;
 mod npy;
+pub mod run;
 pub mod seed;
 
 pub use atomic::{process_running, write_atomic, write_atomic_with};

@@ -30,6 +30,20 @@ pub enum VaeError {
         /// What the file holds.
         found: String,
     },
+    /// A tensor in a file holds NaN or an infinity.
+    #[error(
+        "{file}: tensor '{name}' holds a non-finite value ({value} at flat index {index}); the file is damaged or comes from a diverged run"
+    )]
+    NonFinite {
+        /// The file.
+        file: String,
+        /// The tensor's name.
+        name: String,
+        /// Index of the first non-finite value in the flattened tensor.
+        index: usize,
+        /// That value.
+        value: f32,
+    },
     /// Reading or writing a file failed.
     #[error(transparent)]
     Data(#[from] vae_data::DataError),

@@ -43,6 +43,7 @@
 pub mod cpu;
 mod error;
 mod layers;
+pub mod machine;
 mod weights;
 
 use candle_core::{D, Device, Module, Tensor};
@@ -254,8 +255,26 @@ impl Vae {
     /// normal noise `eps` (shape `(B, latent_dim)`), and decodes `z` to logits.
     pub fn forward(&self, x: &Tensor, eps: &Tensor) -> Result<VaeOutput> {
         let (mu, logvar) = self.encode(x)?;
-        let z = (&mu + eps.mul(&(&logvar * 0.5)?.exp()?)?)?;
+        let z = reparameterize(&mu, &logvar, eps)?;
         Ok(VaeOutput { logits: self.decode_logits(&z)?, mu, logvar })
+    }
+}
+
+/// The reparameterised sample `z = mu + eps · exp(logvar / 2)`.
+pub fn reparameterize(mu: &Tensor, logvar: &Tensor, eps: &Tensor) -> Result<Tensor> {
+    Ok((mu + eps.mul(&(logvar * 0.5)?.exp()?)?)?)
+}
+
+impl Vae {
+    /// The test-set figures of both conventions from one encoding of `x`: the loss terms
+    /// with `z` sampled with `eps` (the Monte-Carlo negative ELBO), and with `z = mu`
+    /// (the posterior mean decoded, as PyTorch's `model.eval()` idiom reports it; its KL
+    /// term is the same).
+    pub fn loss_terms_both(&self, x: &Tensor, eps: &Tensor) -> Result<(LossTerms, LossTerms)> {
+        let (mu, logvar) = self.encode(x)?;
+        let sampled = VaeOutput { logits: self.decode_logits(&reparameterize(&mu, &logvar, eps)?)?, mu, logvar };
+        let at_mean = VaeOutput { logits: self.decode_logits(&sampled.mu)?, ..sampled.clone() };
+        Ok((loss_terms(&sampled, x)?, loss_terms(&at_mean, x)?))
     }
 }
 
@@ -300,17 +319,30 @@ pub struct LikelihoodBounds {
 }
 
 /// Importance-weighted log-likelihood bounds of images `x` `(B, C, H, W)` with the
-/// caller's standard normal noise `eps` `(k, B, latent_dim)`.
+/// caller's standard normal noise `eps` `(k, B, latent_dim)`, decoding all `k · B` codes
+/// in one pass (see [`log_importance_weights`] to bound the pass size).
 pub fn likelihood_bounds(vae: &Vae, x: &Tensor, eps: &Tensor) -> Result<LikelihoodBounds> {
+    let (mu, logvar) = vae.encode(x)?;
+    bounds_from_log_weights(&log_importance_weights(vae, &mu, &logvar, x, eps)?)
+}
+
+/// The log importance weights `log p(x, z_i) − log q(z_i | x)`, `(k, B)`, of images `x`
+/// `(B, C, H, W)` whose posterior is `(mu, logvar)`, at `z_i = mu + eps_i · σ` for the
+/// caller's noise `eps` `(k, B, latent_dim)`. Each weight depends only on its own image
+/// and noise, so the `k` samples may be split over several calls and concatenated.
+pub fn log_importance_weights(vae: &Vae, mu: &Tensor, logvar: &Tensor, x: &Tensor, eps: &Tensor) -> Result<Tensor> {
     let (k, b, dim) = eps.dims3()?;
     let ln_2pi = (2.0 * std::f64::consts::PI).ln();
-    let (mu, logvar) = vae.encode(x)?;
-    let z = mu.unsqueeze(0)?.broadcast_add(&eps.broadcast_mul(&(&logvar * 0.5)?.exp()?.unsqueeze(0)?)?)?;
+    let z = mu.unsqueeze(0)?.broadcast_add(&eps.broadcast_mul(&(logvar * 0.5)?.exp()?.unsqueeze(0)?)?)?;
     let logits = vae.decode_logits(&z.reshape((k * b, dim))?)?.reshape((k, b, ()))?;
     let log_px_z = bce_with_logits(&logits, &x.reshape((1, b, ()))?)?.sum(2)?.neg()?;
     let log_pz = ((z.sqr()? + ln_2pi)?.sum(2)? * -0.5)?;
     let log_qz = ((eps.sqr()?.broadcast_add(&logvar.unsqueeze(0)?)? + ln_2pi)?.sum(2)? * -0.5)?;
-    let log_w = ((log_px_z + log_pz)? - log_qz)?;
+    Ok(((log_px_z + log_pz)? - log_qz)?)
+}
+
+/// The ELBO and IWAE bounds from log importance weights `(k, B)`.
+pub fn bounds_from_log_weights(log_w: &Tensor) -> Result<LikelihoodBounds> {
     let max = log_w.max_keepdim(0)?;
     let log_mean_w = ((log_w.broadcast_sub(&max)?.exp()?.mean_keepdim(0)?.log()? + max)?).squeeze(0)?;
     Ok(LikelihoodBounds { elbo: log_w.mean(0)?, iwae: log_mean_w })

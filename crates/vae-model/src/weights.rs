@@ -117,7 +117,8 @@ pub fn take_tensor(path: &Path, tensors: &mut HashMap<String, Tensor>, name: &st
 
 /// Reads every tensor of a safetensors file, and its string metadata. The header is
 /// validated (offsets inside the file, sizes matching dtypes and shapes) before any
-/// tensor is built.
+/// tensor is built, and every `f32` value must be finite: a NaN or an infinity is an
+/// error naming the tensor (a ReLU would otherwise turn a NaN weight into silent zeros).
 pub fn read_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     let bad = |e: safetensors::SafeTensorError| DataError::Format {
@@ -140,6 +141,12 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Ten
                 });
             }
         };
+        if dtype == DType::F32 {
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if let Some((index, value)) = values.enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(VaeError::NonFinite { file: path.display().to_string(), name, index, value });
+            }
+        }
         tensors.insert(name, Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?);
     }
     Ok((tensors, meta.metadata().clone().unwrap_or_default()))

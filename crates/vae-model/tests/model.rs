@@ -149,6 +149,31 @@ fn save_load_reproduces_outputs_and_bad_files_are_errors() {
     assert!(err.contains("14x14"), "{err}");
 }
 
+/// One NaN in a bias or an infinity in a weight is refused with the tensor's name
+/// (a ReLU would turn a NaN into silent zeros downstream).
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    let (varmap, _) = fresh(5);
+    let path = tmp("poisoned.safetensors");
+    for (name, value, at) in
+        [("enc.conv1.bias", f32::NAN, 3), ("dec.linear.bias", f32::NAN, 0), ("enc.conv1.weight", f32::INFINITY, 7)]
+    {
+        let mut tensors = varmap_tensors(&varmap).unwrap();
+        let t = &tensors[name];
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[at] = value;
+        let poisoned = Tensor::from_vec(values, t.dims(), &Device::Cpu).unwrap();
+        tensors.insert(name.to_string(), poisoned);
+        save_tensors(&path, &tensors, None).unwrap();
+        let err = load_vae(&path, &Device::Cpu).err().unwrap();
+        assert!(
+            matches!(&err, VaeError::NonFinite { name: n, index, .. } if n == name && *index == at),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains("poisoned.safetensors"), "{err}");
+    }
+}
+
 #[test]
 fn importance_weighted_bound_is_at_least_the_elbo_and_matches_the_loss() {
     let (_, vae) = fresh(4);

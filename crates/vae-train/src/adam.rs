@@ -62,6 +62,11 @@ impl Adam {
         Self { params, moments, step: 0, cfg }
     }
 
+    /// Sets the learning rate of the following steps (for a schedule).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
     /// Number of steps taken.
     pub fn step_count(&self) -> u64 {
         self.step

@@ -37,6 +37,10 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
     assert!(history[0].test_loss < uniform, "{:?}", history[0]);
     assert!(history[2].train_loss < history[0].train_loss, "{history:?}");
     assert!(history[2].test_loss < history[0].test_loss, "{history:?}");
+    for h in &history {
+        assert_eq!(h.test_kl_at_mean, h.test_kl, "the KL does not depend on z");
+        assert!(h.test_loss_at_mean < uniform && h.test_bce_at_mean != h.test_bce, "{h:?}");
+    }
     for name in [
         "model.safetensors",
         "history.npy",
@@ -48,9 +52,9 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
         assert!(full.join(name).is_file(), "{name} missing");
     }
     let h = vae_data::read_npy(&full.join("history.npy")).unwrap();
-    let (shape, rows) = h.into_f32(&full.join("history.npy"), &[Some(3), Some(7)]).unwrap();
-    assert_eq!(shape, vec![3, 7]);
-    assert_eq!(rows[7], 1.0, "second row starts with epoch 1");
+    let (shape, rows) = h.into_f32(&full.join("history.npy"), &[Some(3), Some(10)]).unwrap();
+    assert_eq!(shape, vec![3, 10]);
+    assert_eq!(rows[10], 1.0, "second row starts with epoch 1");
     assert!((f64::from(rows[1]) - history[0].train_loss).abs() < 1e-3);
     let config: serde_json::Value = serde_json::from_slice(&read(&full, "config.json")).unwrap();
     assert_eq!(config["args"]["seed"], 7);
@@ -77,6 +81,34 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
     assert!(format!("{err:#}").contains("different run"), "{err:#}");
     assert!(before == read(&resumed, "model.safetensors"));
     assert!(config_before == read(&resumed, "config.json"), "a refused resume keeps config.json");
+
+    // Damaged outputs of a finished run are rebuilt from the checkpoint, bit for bit.
+    for name in ["model.safetensors", "samples.safetensors", "history.npy"] {
+        let bytes = read(&resumed, name);
+        std::fs::write(resumed.join(name), &bytes[..bytes.len() / 3]).unwrap();
+    }
+    std::fs::remove_file(resumed.join("history.json")).unwrap();
+    vae_train::run(&args(&resumed, &["--epochs", "3", "--resume"])).unwrap();
+    for name in ["model.safetensors", "history.npy", "samples.safetensors"] {
+        assert!(read(&full, name) == read(&resumed, name), "{name} not rebuilt from the checkpoint");
+    }
+    let rebuilt: Vec<vae_train::EpochRecord> = serde_json::from_slice(&read(&resumed, "history.json")).unwrap();
+    assert_eq!(rebuilt.len(), 3);
+
+    // A checkpoint with a NaN weight or moment is refused by name, and says what to do.
+    let device = candle_core::Device::Cpu;
+    let checkpoint = resumed.join("checkpoint.safetensors");
+    let (clean, meta) = vae_model::read_tensors(&checkpoint, &device).unwrap();
+    for name in ["enc.conv1.bias", "adam.v.dec.linear.weight"] {
+        let mut tensors = clean.clone();
+        let t = &tensors[name];
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[1] = f32::NAN;
+        tensors.insert(name.into(), candle_core::Tensor::from_vec(values, t.dims(), &device).unwrap());
+        vae_model::save_tensors(&checkpoint, &tensors, Some(meta.clone())).unwrap();
+        let err = format!("{:#}", vae_train::run(&args(&resumed, &["--epochs", "4", "--resume"])).unwrap_err());
+        assert!(err.contains(name) && err.contains("non-finite") && err.contains("remove it"), "{err}");
+    }
     for dir in [full, resumed] {
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -104,7 +136,7 @@ fn bad_flags_and_data_are_clear_errors() {
     for (flag, bad) in [
         ("--epochs", "0"),
         ("--batch-size", "0"),
-        ("--batch-size", "8193"),
+        ("--batch-size", "1025"),
         ("--lr", "-1"),
         ("--lr", "NaN"),
         ("--threads", "0"),
@@ -186,4 +218,83 @@ fn kill_nine_at_any_moment_leaves_valid_files_and_resume_finishes_identically() 
     for dir in [reference, killed] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// A recipe (warm-up, step decay, weight average) resumes to the same bytes; the model
+/// written is the average, the checkpoint holds both; a cosine schedule's length is
+/// part of the experiment.
+#[test]
+fn recipes_resume_to_identical_bytes_and_write_the_average() {
+    let recipe = ["--warmup-epochs", "1", "--lr-schedule", "step", "--lr-step-epochs", "1", "--ema", "0.99"];
+    let with = |extra: &[&'static str]| [&recipe[..], extra].concat();
+    let full = fresh_dir("recipe-full");
+    let history = vae_train::run(&args(&full, &with(&["--epochs", "3"]))).unwrap();
+    assert!(history[2].train_loss < history[0].train_loss, "{history:?}");
+    let resumed = fresh_dir("recipe-resumed");
+    vae_train::run(&args(&resumed, &with(&["--epochs", "1"]))).unwrap();
+    vae_train::run(&args(&resumed, &with(&["--epochs", "3", "--resume"]))).unwrap();
+    for name in ["model.safetensors", "history.npy", "samples.safetensors"] {
+        assert!(read(&full, name) == read(&resumed, name), "{name} differs after resume");
+    }
+    let device = candle_core::Device::Cpu;
+    let (model, _) = vae_model::read_tensors(&full.join("model.safetensors"), &device).unwrap();
+    let (checkpoint, meta) = vae_model::read_tensors(&full.join("checkpoint.safetensors"), &device).unwrap();
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (again, _) = vae_model::read_tensors(&resumed.join("checkpoint.safetensors"), &device).unwrap();
+    for (name, t) in &checkpoint {
+        assert!(values(t) == values(&again[name]), "checkpoint tensor {name} differs after resume");
+    }
+    let name = "dec.linear3.weight";
+    assert_eq!(values(&model[name]), values(&checkpoint[&format!("ema.{name}")]), "the model is the average");
+    assert!(values(&model[name]) != values(&checkpoint[name]), "training goes on from the raw weights");
+    assert_eq!(meta["ema_updates"], (3 * 512 / 64).to_string());
+    let config: serde_json::Value = serde_json::from_slice(&read(&full, "config.json")).unwrap();
+    assert_eq!((config["ema_decay"].as_f64(), config["learning_rate"]["warmup_steps"].as_u64()), (Some(0.99), Some(8)));
+
+    // Resuming another recipe, or a cosine run with another length, is refused.
+    let err = vae_train::run(&args(&resumed, &["--epochs", "4", "--resume"])).unwrap_err();
+    assert!(format!("{err:#}").contains("different run"), "{err:#}");
+    let cosine = fresh_dir("recipe-cosine");
+    vae_train::run(&args(&cosine, &["--epochs", "1", "--lr-schedule", "cosine"])).unwrap();
+    let err = vae_train::run(&args(&cosine, &["--epochs", "2", "--lr-schedule", "cosine", "--resume"])).unwrap_err();
+    assert!(format!("{err:#}").contains("different run"), "{err:#}");
+    // The seed's preset is the defaults, and refuses flags that would change it.
+    let seed = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "seed"]).unwrap();
+    assert_eq!((seed.batch_size, seed.lr, seed.ema), (32, 1e-3, None));
+    let clash = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "seed", "--ema", "0.9"]);
+    assert!(clash.unwrap_err().to_string().contains("--ema"));
+    for dir in [full, resumed, cosine] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// `vae-eval --k 5000` (the IWAE paper's figure) stays within its memory bound: the
+/// samples of one image are decoded in several passes, each detached from the last.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_k_evaluates_in_bounded_memory() {
+    let dir = fresh_dir("eval-k");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = vae_model::VaeConfig::default();
+    let varmap = candle_nn::VarMap::new();
+    vae_model::init_varmap(&varmap, &cfg, 0, &candle_core::Device::Cpu).unwrap();
+    let model = dir.join("model.safetensors");
+    vae_model::save_tensors(&model, &vae_model::varmap_tensors(&varmap).unwrap(), None).unwrap();
+    let data = data_dir();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vae-eval"))
+        .args(["--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", dir.to_str().unwrap()])
+        .args(["--k", "5000", "--test-limit", "1"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    let peak_gib = usage.ru_maxrss as f64 / (1024.0 * 1024.0);
+    // The largest child of this test process so far: vae-eval, or a smaller vae-train.
+    assert!(peak_gib < 2.0, "peak resident memory of vae-eval --k 5000: {peak_gib:.2} GiB");
+    let eval: serde_json::Value = serde_json::from_slice(&read(&dir, "eval.json")).unwrap();
+    assert!(eval["iwae"].as_f64().unwrap() >= eval["elbo"].as_f64().unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
 }

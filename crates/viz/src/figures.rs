@@ -61,6 +61,12 @@ pub const CLASS_COLOURS: [RGBColor; NUM_CLASSES] = [
     RGBColor(23, 190, 207),
 ];
 
+/// How a class is labelled: its name, preceded by its index only where the two differ
+/// (`3` for MNIST, `4: Coat` for Fashion-MNIST).
+pub fn class_label(index: usize, name: &str) -> String {
+    if name == index.to_string() { name.to_string() } else { format!("{index}: {name}") }
+}
+
 fn flat(t: &Tensor) -> anyhow::Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -92,9 +98,24 @@ fn snapshots(samples: &HashMap<String, Tensor>, prefix: &str) -> Vec<(u32, Tenso
     out
 }
 
-fn load_samples(inp: &Inputs) -> Result<HashMap<String, Tensor>, Outcome> {
-    let path = inp.need("samples.safetensors", "vae-train")?;
-    vae_model::read_tensors(&path, &Device::Cpu).map(|(t, _)| t).map_err(|e| Outcome::Skipped(format!("{e}")))
+/// The snapshots of `samples.safetensors`, or why the figure is skipped (no file yet).
+/// A damaged file, or image tensors that are not `f32` `(N ≥ 1, 1, 28, 28)`, is an error.
+fn load_samples(inp: &Inputs) -> anyhow::Result<Result<HashMap<String, Tensor>, Outcome>> {
+    let path = match inp.need("samples.safetensors", "vae-train") {
+        Ok(path) => path,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    let (tensors, _) = vae_model::read_tensors(&path, &Device::Cpu)?;
+    for (name, t) in tensors.iter().filter(|(name, _)| name.as_str() != "z") {
+        let dims = t.dims();
+        anyhow::ensure!(
+            t.dtype() == candle_core::DType::F32 && dims.len() == 4 && dims[0] > 0 && dims[1..] == [1, SIDE, SIDE],
+            "{}: tensor '{name}' is {:?} {dims:?}, expected F32 [N ≥ 1, 1, {SIDE}, {SIDE}] images",
+            path.display(),
+            t.dtype()
+        );
+    }
+    Ok(Ok(tensors))
 }
 
 fn images_of(t: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -103,7 +124,7 @@ fn images_of(t: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
 
 /// `generated.png`: the fixed prior draws decoded by the final model.
 pub fn generated(inp: &Inputs) -> anyhow::Result<Outcome> {
-    let samples = match load_samples(inp) {
+    let samples = match load_samples(inp)? {
         Ok(s) => s,
         Err(skip) => return Ok(skip),
     };
@@ -120,7 +141,7 @@ pub fn generated(inp: &Inputs) -> anyhow::Result<Outcome> {
 /// `progress.png`: the same prior draws decoded before training and after epochs 5, 10,
 /// 15, 20 (those that exist, and the last), side by side; plus `generated_epoch_K.png`.
 pub fn progress(inp: &Inputs) -> anyhow::Result<Outcome> {
-    let samples = match load_samples(inp) {
+    let samples = match load_samples(inp)? {
         Ok(s) => s,
         Err(skip) => return Ok(skip),
     };
@@ -140,7 +161,11 @@ pub fn progress(inp: &Inputs) -> anyhow::Result<Outcome> {
         let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
         let x = 10 + col as u32 * (gw + 10);
         grid.draw(&mut canvas, &refs, x, header);
-        let label = if *epoch == 0 { "before training".to_string() } else { format!("after {epoch} epochs") };
+        let label = match epoch {
+            0 => "before training".to_string(),
+            1 => "after 1 epoch".to_string(),
+            _ => format!("after {epoch} epochs"),
+        };
         canvas.draw(|root| root.draw(&Text::new(label, (x as i32 + 4, 6), (FONT, 16).into_font())))?;
     }
     for (epoch, tensor) in &all {
@@ -159,7 +184,7 @@ pub fn progress(inp: &Inputs) -> anyhow::Result<Outcome> {
 
 /// `reconstructions.png`: fixed test images above their reconstructions by the final model.
 pub fn reconstructions(inp: &Inputs) -> anyhow::Result<Outcome> {
-    let samples = match load_samples(inp) {
+    let samples = match load_samples(inp)? {
         Ok(s) => s,
         Err(skip) => return Ok(skip),
     };
@@ -216,7 +241,7 @@ pub fn confusion(inp: &Inputs) -> anyhow::Result<Outcome> {
         }
         for d in 0..k as i32 {
             root.draw(&Text::new(d.to_string(), (left + d * cell + cell / 2 - 4, top - 20), (FONT, 15).into_font()))?;
-            let name = format!("{d}: {}", inp.class_names[d as usize]);
+            let name = class_label(d as usize, &inp.class_names[d as usize]);
             root.draw(&Text::new(name, (8, top + d * cell + cell / 2 - 8), (FONT, 14).into_font()))?;
         }
         root.draw(&Text::new("true class ↓", (8, top - 18), (FONT, 15).into_font()))
@@ -228,15 +253,89 @@ pub fn confusion(inp: &Inputs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Written(vec![out], format!("accuracy {:.4}", correct as f64 / total.max(1) as f64)))
 }
 
-/// `loss.png`: train and test loss per epoch (with the seed's points on MNIST), and the
-/// BCE/KL parts.
+/// One curve of the loss figure: its points, colour, name and whether it is dashed.
+struct Curve {
+    points: Vec<(f64, f64)>,
+    colour: RGBColor,
+    name: String,
+    dashed: bool,
+}
+
+/// Draws `curves` as lines with a marker on every point (so that a single epoch shows),
+/// and `reference` points as triangles, on axes that fit them all.
+fn draw_curves<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    curves: &[Curve],
+    reference: &[Curve],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let all = || curves.iter().chain(reference).flat_map(|c| c.points.iter().copied());
+    let last_epoch = all().map(|p| p.0).fold(0.0, f64::max);
+    let (lo, hi) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((hi - lo) * 0.06).max(1.0);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5..last_epoch + 0.5, (lo - pad).max(0.0)..hi + pad)?;
+    // Whole epochs only: with few epochs plotters puts ticks between them.
+    let epoch_label =
+        |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() };
+    chart
+        .configure_mesh()
+        .x_desc("epoch (0-based)")
+        .y_desc(y_desc)
+        .x_label_formatter(&epoch_label)
+        .label_style((FONT, 13))
+        .draw()?;
+    for curve in curves {
+        let (colour, points) = (curve.colour, curve.points.iter().copied());
+        let style = colour.stroke_width(2);
+        if curve.dashed {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))?;
+        } else {
+            chart.draw_series(LineSeries::new(points.clone(), style))?;
+        }
+        chart.draw_series(points.map(move |p| Circle::new(p, 3, colour.filled())))?.label(curve.name.as_str()).legend(
+            move |(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (16, 0)], style)
+                    + Circle::new((8, 0), 3, colour.filled())
+            },
+        );
+    }
+    for curve in reference {
+        let colour = curve.colour;
+        chart
+            .draw_series(curve.points.iter().map(move |&p| TriangleMarker::new(p, 7, colour.filled())))?
+            .label(curve.name.as_str())
+            .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .label_font((FONT, 13))
+        .draw()?;
+    Ok(())
+}
+
+/// `loss.png`: train and test loss per epoch, the test loss in both conventions (z
+/// sampled, and z = the posterior mean), with the seed's published points on MNIST
+/// (its test points follow the at-mean convention); and the KL parts.
 pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
     let path = match inp.need("history.json", "vae-train") {
         Ok(p) => p,
         Err(skip) => return Ok(skip),
     };
     let history: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("parsing {}", path.display()))?;
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("parsing {}", path.display()))?;
     let series = |key: &str| -> Vec<(f64, f64)> {
         history.iter().filter_map(|h| Some((h["epoch"].as_f64()?, h[key].as_f64()?))).collect()
     };
@@ -244,70 +343,46 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
     if train.is_empty() {
         return Ok(Outcome::Skipped("history.json holds no epoch".into()));
     }
+    let curve = |key: &str, colour: RGBColor, name: &str, dashed: bool| Curve {
+        points: series(key),
+        colour,
+        name: name.to_string(),
+        dashed,
+    };
+    let [blue, orange, green] = [CLASS_COLOURS[0], CLASS_COLOURS[1], CLASS_COLOURS[2]];
+    let losses: Vec<Curve> = [
+        curve("train_loss", blue, "train", false),
+        curve("test_loss", orange, "test, z sampled", false),
+        curve("test_loss_at_mean", green, "test, z = mean", true),
+    ]
+    .into_iter()
+    .filter(|c| !c.points.is_empty())
+    .collect();
     let seed: &[(u32, f64, f64)] = if inp.seed_comparable { &SEED_LOSSES } else { &[] };
-    let last_epoch = train.last().map_or(1.0, |p| p.0).max(seed.last().map_or(0.0, |s| f64::from(s.0)));
+    let reference: Vec<Curve> = if seed.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            Curve {
+                points: seed.iter().map(|s| (f64::from(s.0), s.1)).collect(),
+                colour: blue,
+                name: "seed train".into(),
+                dashed: false,
+            },
+            Curve {
+                points: seed.iter().map(|s| (f64::from(s.0), s.2)).collect(),
+                colour: green,
+                name: "seed test".into(),
+                dashed: false,
+            },
+        ]
+    };
+    let kl = [curve("train_kl", blue, "train KL", false), curve("test_kl", orange, "test KL", false)];
     let mut canvas = Canvas::new(1100, 450);
     canvas.draw(|root| -> anyhow::Result<()> {
         let (left, right) = root.split_horizontally(560);
-        let all: Vec<f64> = train.iter().chain(&test).map(|p| p.1).chain(seed.iter().map(|s| s.1)).collect();
-        let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        let mut chart = ChartBuilder::on(&left)
-            .caption("Loss per image (BCE + KL)", (FONT, 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..last_epoch + 0.5, (lo - 3.0)..(hi + 3.0))?;
-        // Whole epochs only: with few epochs plotters puts ticks between them.
-        let epoch_label =
-            |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() };
-        chart
-            .configure_mesh()
-            .x_desc("epoch (0-based)")
-            .y_desc("loss")
-            .x_label_formatter(&epoch_label)
-            .label_style((FONT, 13))
-            .draw()?;
-        for (points, colour, name) in [(&train, CLASS_COLOURS[0], "train"), (&test, CLASS_COLOURS[1], "test")] {
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
-        }
-        for (idx, colour, name) in [(1usize, CLASS_COLOURS[0], "seed train"), (2, CLASS_COLOURS[1], "seed test")] {
-            if seed.is_empty() {
-                break;
-            }
-            let pts = seed.iter().map(move |s| (s.0 as f64, if idx == 1 { s.1 } else { s.2 }));
-            chart
-                .draw_series(pts.map(move |p| TriangleMarker::new(p, 7, colour.filled())))?
-                .label(name)
-                .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, colour.filled()));
-        }
-        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).label_font((FONT, 13)).draw()?;
-
-        let parts = ["train_bce", "test_bce", "train_kl", "test_kl"].map(|k| (k, series(k)));
-        let kl_hi = parts[2..].iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(0.0, f64::max);
-        let mut chart = ChartBuilder::on(&right)
-            .caption("KL part (BCE part = loss − KL)", (FONT, 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..last_epoch + 0.5, 0.0..kl_hi * 1.15 + 1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch (0-based)")
-            .y_desc("KL per image")
-            .x_label_formatter(&epoch_label)
-            .label_style((FONT, 13))
-            .draw()?;
-        for ((name, points), colour) in parts[2..].iter().zip([CLASS_COLOURS[0], CLASS_COLOURS[1]]) {
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
-                .label(name.replace('_', " "))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
-        }
-        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).label_font((FONT, 13)).draw()?;
-        Ok(())
+        draw_curves(&left, "Loss per image (BCE + KL)", "loss", &losses, &reference)?;
+        draw_curves(&right, "KL part (BCE part = loss − KL)", "KL per image", &kl, &[])
     })?;
     let out = inp.figures.join("loss.png");
     canvas.save_png(&out)?;
@@ -334,11 +409,18 @@ fn decode_all(vae: &Vae, codes: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
     images_of(&vae.decode(&z)?)
 }
 
-/// Draws decoded rows with a label per row and optionally one per column.
-fn labelled_grid(images: &[Vec<f32>], cols: usize, rows: &[String], columns: &[String]) -> anyhow::Result<Canvas> {
+/// Draws decoded rows with a label per row (in a margin `left` pixels wide) and
+/// optionally one per column.
+fn labelled_grid(
+    images: &[Vec<f32>],
+    cols: usize,
+    rows: &[String],
+    columns: &[String],
+    left: u32,
+) -> anyhow::Result<Canvas> {
     let grid = Grid { cols, side: SIDE, scale: 2, gap: 2 };
     let (gw, gh) = grid.size(images.len());
-    let (left, top) = (70, if columns.is_empty() { 0 } else { 30 });
+    let top = if columns.is_empty() { 0 } else { 30 };
     let mut canvas = Canvas::new(gw + left, gh + top);
     grid.draw(&mut canvas, &images.iter().map(Vec::as_slice).collect::<Vec<_>>(), left, top);
     canvas.draw(|root| -> Result<(), DrawingAreaErrorKind<_>> {
@@ -376,7 +458,7 @@ pub fn traversal(inp: &Inputs) -> anyhow::Result<Outcome> {
     let rows: Vec<String> = (0..mu.len()).map(|d| format!("z{d}")).collect();
     let columns: Vec<String> = steps.iter().map(|v| format!("{v:+.2}")).collect();
     let out = inp.figures.join("latent_traversal.png");
-    labelled_grid(&images, steps.len(), &rows, &columns)?.save_png(&out)?;
+    labelled_grid(&images, steps.len(), &rows, &columns, 70)?.save_png(&out)?;
     Ok(Outcome::Written(vec![out], format!("{} dimensions × {} values around test digit 0", mu.len(), steps.len())))
 }
 
@@ -404,11 +486,14 @@ pub fn interpolation(inp: &Inputs) -> anyhow::Result<Outcome> {
         })
         .collect();
     let images = decode_all(&vae, &codes)?;
-    let rows: Vec<String> = pairs.iter().map(|(a, b)| format!("{a} → {b}")).collect();
-    let note = pairs.iter().map(|&(a, b)| format!("{} → {}", inp.class_names[a as usize], inp.class_names[b as usize]));
-    let note = note.collect::<Vec<_>>().join(", ");
+    let rows: Vec<String> = pairs
+        .iter()
+        .map(|&(a, b)| format!("{} → {}", inp.class_names[a as usize], inp.class_names[b as usize]))
+        .collect();
+    let note = rows.join(", ");
+    let left = rows.iter().map(|r| r.chars().count() as u32 * 8 + 16).max().unwrap_or(0).max(70);
     let out = inp.figures.join("interpolation.png");
-    labelled_grid(&images, steps, &rows, &[])?.save_png(&out)?;
+    labelled_grid(&images, steps, &rows, &[], left)?.save_png(&out)?;
     Ok(Outcome::Written(vec![out], format!("{steps} steps between the latent means of {note}")))
 }
 
@@ -420,6 +505,7 @@ pub fn tsne(inp: &Inputs, points: usize, params: TsneParams) -> anyhow::Result<O
             (Err(skip), _) | (_, Err(skip)) => return Ok(skip),
         };
     let (shape, x) = read_npy(&latents)?.into_f32(&latents, &[None, None])?;
+    anyhow::ensure!(shape[0] > 0 && shape[1] > 0, "{}: no latents to embed (shape {shape:?})", latents.display());
     let (_, y) = read_npy(&labels)?.into_i64(&labels, &[Some(shape[0])])?;
     let n = points.min(shape[0]);
     let dim = shape[1];
@@ -449,7 +535,7 @@ pub fn tsne(inp: &Inputs, points: usize, params: TsneParams) -> anyhow::Result<O
             let pts = (0..n).filter(|&i| labels[i] == digit).map(|i| Circle::new((xs[i], ys[i]), 2, colour.filled()));
             chart
                 .draw_series(pts)?
-                .label(format!("{digit}: {}", inp.class_names[digit]))
+                .label(class_label(digit, &inp.class_names[digit]))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
         }
         chart

@@ -63,6 +63,7 @@ pub struct VizArgs {
 
 /// Draws the requested figures; returns each one's outcome.
 pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
+    anyhow::ensure!(args.run.is_dir(), "run directory {} does not exist", args.run.display());
     let checksums = vae_data::load_split(&args.data, vae_data::SplitKind::Test).map(|test| test.checksums);
     let checksums = checksums.unwrap_or_default();
     let inputs = Inputs {
@@ -123,6 +124,47 @@ mod tests {
         let png = image::open(run.join("figures/confusion.png")).unwrap();
         assert!(png.width() > 500 && png.height() > 500);
         std::fs::remove_dir_all(run).unwrap();
+    }
+
+    /// Degenerate but well-formed inputs, damaged inputs and a mistyped run directory
+    /// are errors naming the file, never a panic, a skip or a new directory.
+    #[test]
+    fn degenerate_or_damaged_inputs_and_missing_runs_are_errors() {
+        let dir = std::env::temp_dir().join(format!("viz-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let draw = |only: &str| {
+            let args = VizArgs::try_parse_from(["viz", "--run", dir.to_str().unwrap(), "--only", only]).unwrap();
+            format!("{:#}", super::run(&args).unwrap_err())
+        };
+        let device = candle_core::Device::Cpu;
+        let images = |n: usize| candle_core::Tensor::zeros((n, 1, 28, 28), candle_core::DType::F32, &device).unwrap();
+        let samples = dir.join("samples.safetensors");
+        let save = |tensors: Vec<(&str, candle_core::Tensor)>| {
+            let map = tensors.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            vae_model::save_tensors(&samples, &map, None).unwrap();
+        };
+        save(vec![("originals", images(0)), ("reconstructed.epoch_1", images(1))]);
+        let err = draw("reconstructions");
+        assert!(err.contains("samples.safetensors") && err.contains("'originals'"), "{err}");
+        let ints = candle_core::Tensor::zeros((2, 1, 28, 28), candle_core::DType::I64, &device).unwrap();
+        save(vec![("generated.epoch_1", ints)]);
+        let err = draw("generated");
+        assert!(err.contains("samples.safetensors") && err.contains("I64"), "{err}");
+        std::fs::write(&samples, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+        let err = draw("progress");
+        assert!(err.contains("samples.safetensors") && err.contains("not a valid"), "{err}");
+
+        vae_data::write_npy_f32(&dir.join("test_latents.npy"), &[200, 0], &[]).unwrap();
+        vae_data::write_npy_i64(&dir.join("test_labels.npy"), &[200], &[1; 200]).unwrap();
+        let err = draw("tsne");
+        assert!(err.contains("test_latents.npy") && err.contains("[200, 0]"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let missing = dir.join("typo");
+        let args = VizArgs::try_parse_from(["viz", "--run", missing.to_str().unwrap()]).unwrap();
+        let err = format!("{:#}", super::run(&args).unwrap_err());
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!missing.exists() && !dir.exists(), "nothing created");
     }
 
     fn run_figures(args: &VizArgs) -> Vec<(Figure, Outcome)> {

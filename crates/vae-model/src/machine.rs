@@ -1,0 +1,71 @@
+//! What the CPU is and which matrix kernels run on it, so that runs and benchmarks say
+//! which machine their seconds and their bits came from (the same seed gives the same
+//! bytes only with the same kernels).
+
+/// The CPU's model name from its CPUID brand string, e.g. `AMD EPYC 7B13` (`unknown`
+/// off x86-64 or where the CPU does not report one).
+pub fn cpu_model() -> String {
+    #[cfg(target_arch = "x86_64")]
+    // `__cpuid` became a safe function after this crate's minimum Rust version.
+    #[allow(unused_unsafe)]
+    {
+        use std::arch::x86_64::__cpuid;
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 0x8000_0000 says which extended
+        // leaves exist, and only those are read.
+        let highest = unsafe { __cpuid(0x8000_0000) }.eax;
+        if highest >= 0x8000_0004 {
+            let mut bytes = Vec::with_capacity(48);
+            for leaf in 0x8000_0002u32..=0x8000_0004 {
+                // SAFETY: as above, the leaf exists.
+                let r = unsafe { __cpuid(leaf) };
+                for word in [r.eax, r.ebx, r.ecx, r.edx] {
+                    bytes.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+            let name =
+                String::from_utf8_lossy(&bytes).trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string();
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    "unknown".to_string()
+}
+
+/// The widest vector instruction set the `gemm` crate (candle's and the CPU step's matrix
+/// products) dispatches to on this CPU at run time: `AVX-512` (its x86-v4 kernels,
+/// needing AVX-512 F/BW/CD/DQ/VL), `AVX2+FMA` (x86-v3), or `baseline`.
+pub fn gemm_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let v3 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let v4 = v3
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512cd")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl");
+        if v4 {
+            return "AVX-512";
+        }
+        if v3 {
+            return "AVX2+FMA";
+        }
+    }
+    "baseline"
+}
+
+#[cfg(test)]
+mod tests {
+    /// The brand string is the one the kernel reports (Linux reads the same CPUID leaves).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn the_cpu_model_is_the_one_linux_reports() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let linux = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).unwrap();
+        let linux = linux.trim_start_matches([' ', '\t', ':']).trim();
+        assert_eq!(super::cpu_model(), linux);
+        let avx2 = cpuinfo.split_whitespace().any(|flag| flag == "avx2");
+        assert_eq!(super::gemm_isa() != "baseline", avx2);
+    }
+}

@@ -1,0 +1,89 @@
+//! Training recipes: the learning rate of every optimisation step (constant, cosine or
+//! step decay, after an optional linear warm-up), and the named presets.
+
+use std::f64::consts::PI;
+
+/// How the learning rate changes over the run (after the warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// `--lr` throughout (the seed's).
+    Constant,
+    /// Half a cosine from `--lr` down to `--lr × --lr-final-fraction` at the last step.
+    Cosine,
+    /// `--lr` multiplied by `--lr-step-gamma` every `--lr-step-epochs` epochs.
+    Step,
+}
+
+/// The learning rate of each optimisation step, fixed at the start of a run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LrPlan {
+    /// The peak learning rate (`--lr`).
+    pub base: f64,
+    /// The decay after the warm-up.
+    pub schedule: LrSchedule,
+    /// Steps of linear warm-up from `base / warmup_steps` to `base`.
+    pub warmup_steps: u64,
+    /// Steps of the whole run: the cosine's length (0 for the other schedules, whose
+    /// rates do not depend on how long the run is).
+    pub total_steps: u64,
+    /// Cosine: the final rate as a fraction of `base`.
+    pub final_fraction: f64,
+    /// Step decay: steps between two decays (0 for the other schedules).
+    pub step_every: u64,
+    /// Step decay: the factor of each decay.
+    pub gamma: f64,
+}
+
+impl LrPlan {
+    /// The learning rate of optimisation step `step` (0-based).
+    pub fn at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.base * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let after = step - self.warmup_steps;
+        match self.schedule {
+            LrSchedule::Constant => self.base,
+            LrSchedule::Cosine => {
+                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
+                let progress = (after as f64 / span as f64).min(1.0);
+                let low = self.base * self.final_fraction;
+                low + (self.base - low) * 0.5 * (1.0 + (PI * progress).cos())
+            }
+            LrSchedule::Step => self.base * self.gamma.powi((step / self.step_every.max(1)) as i32),
+        }
+    }
+}
+
+/// A named set of training settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Recipe {
+    /// The seed's stated settings: batch 32, Adam at a constant 1e-3, no warm-up, no
+    /// weight average.
+    Seed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(schedule: LrSchedule, warmup_steps: u64) -> LrPlan {
+        LrPlan { base: 1e-3, schedule, warmup_steps, total_steps: 110, final_fraction: 0.1, step_every: 20, gamma: 0.5 }
+    }
+
+    #[test]
+    fn schedules_follow_their_formulas() {
+        let constant = plan(LrSchedule::Constant, 0);
+        assert!((0..200).all(|t| constant.at(t) == 1e-3));
+        let warm = plan(LrSchedule::Constant, 10);
+        assert_eq!(warm.at(0), 1e-4);
+        assert!((warm.at(4) - 5e-4).abs() < 1e-18 && warm.at(9) == 1e-3 && warm.at(50) == 1e-3);
+        let cosine = plan(LrSchedule::Cosine, 10);
+        assert_eq!(cosine.at(10), 1e-3, "the cosine starts at the peak after the warm-up");
+        assert!((cosine.at(60) - 0.55e-3).abs() < 1e-12, "half way: the mean of peak and floor");
+        assert!((cosine.at(110) - 1e-4).abs() < 1e-15 && (cosine.at(500) - 1e-4).abs() < 1e-15);
+        assert!((10..110).all(|t| cosine.at(t + 1) <= cosine.at(t)), "decreasing");
+        let step = plan(LrSchedule::Step, 0);
+        assert_eq!((step.at(19), step.at(20), step.at(45)), (1e-3, 5e-4, 2.5e-4));
+    }
+}
