@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask pipeline`: train → latent features → classifier → figures → report.
 //! - `cargo xtask ci`: formatting, lints and tests, as CI runs them.
-//! - `cargo xtask bench`: the throughput benchmark (`vae-train`'s `throughput` bench).
+//! - `cargo xtask bench`: the throughput benchmark (`vae-train`'s `throughput` bench), or
+//!   with `--pytorch PYTHON` our step and encoder beside PyTorch's.
 
+mod bench;
 mod html;
 mod pipeline;
 mod report;
@@ -28,23 +30,15 @@ enum Task {
     /// Check formatting, run clippy with warnings denied, and run the test suite
     Ci,
     /// Measure the FMA and GEMM peaks, the training step, its per-layer costs, the
-    /// encoder, the classifier and t-SNE
-    Bench {
-        /// Fewer repetitions (a rough figure in about a minute)
-        #[arg(long)]
-        quick: bool,
-        /// Run only this section (repeatable): peak, step, autograd, ops, encoder,
-        /// classifier, tsne
-        #[arg(long)]
-        only: Vec<String>,
-    },
+    /// encoder, the classifier and t-SNE; or, with --pytorch, our step beside PyTorch's
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Pipeline(args) => pipeline::run(&args),
         Task::Ci => ci(),
-        Task::Bench { quick, only } => bench(quick, &only),
+        Task::Bench(args) => bench::run(&args),
     }
 }
 
@@ -58,22 +52,6 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(project_root());
     cmd
-}
-
-fn bench(quick: bool, only: &[String]) -> anyhow::Result<()> {
-    let mut cmd = cargo();
-    cmd.args(["bench", "-p", "vae-train", "--bench", "throughput", "--"]);
-    if quick {
-        cmd.arg("--quick");
-    }
-    for section in only {
-        cmd.args(["--only", section]);
-    }
-    let status = cmd.status().context("running cargo bench")?;
-    if !status.success() {
-        bail!("the benchmark failed ({status})");
-    }
-    Ok(())
 }
 
 fn ci() -> anyhow::Result<()> {

@@ -1,10 +1,14 @@
 """The seed's model in PyTorch: training-step and encoder timings to set beside `cargo xtask bench`.
 
 Not run by CI. Install PyTorch (`pip install torch`) and run
-`python3 crates/vae-train/benches/pytorch_step.py [--threads 2]`; it prints the median
+`python3 crates/vae-train/benches/pytorch_step.py [--threads 2] [--bf16]`; it prints the median
 (and spread) of 7 timed steps after 2 warm-ups at batch 128 and 32, and the encoder at batch 500,
-on random images.
+on random images, in the line format of `cargo xtask bench` (which runs it interleaved with
+its own step under `cargo xtask bench --pytorch PYTHON`). `--bf16` runs the forward pass and
+the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (f32 master weights).
 """
+
+import contextlib
 
 import argparse
 import statistics
@@ -67,20 +71,23 @@ def timed(fn, reps=7, warmup=2):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass and the loss")
     args = parser.parse_args()
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Vae()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{', bf16 autocast' if args.bf16 else ''}")
     for batch in (128, 32):
         x = torch.rand(batch, 1, 28, 28)
 
         def step():
             opt.zero_grad()
-            logits, mu, logvar = model(x)
-            bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            with autocast():
+                logits, mu, logvar = model(x)
+                bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+                kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
             ((bce + kl) / batch).backward()
             opt.step()
 
@@ -88,9 +95,9 @@ def main():
         print(f"training step, batch {batch:3}: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  "
               f"{batch / med:6.0f} images/s")
     x = torch.rand(500, 1, 28, 28)
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         med, lo, hi = timed(lambda: model.encode(x))
-    print(f"encoder, batch 500: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  {500 / med:7.0f} images/s")
+    print(f"encoder, 500 images: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  {500 / med:7.0f} images/s")
 
 
 if __name__ == "__main__":

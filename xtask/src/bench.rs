@@ -1,0 +1,185 @@
+//! `cargo xtask bench`: the throughput benchmark, and with `--pytorch PYTHON` the training
+//! step and the encoder measured side by side with PyTorch's (f32 and bf16 autocast),
+//! interleaved round by round in the same minutes (these VMs drift 1.5–2×), with the
+//! ratios printed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, project_root};
+
+/// Flags of `cargo xtask bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Fewer repetitions (a rough figure in about a minute)
+    #[arg(long)]
+    quick: bool,
+    /// Run only this section (repeatable): peak, step, autograd, ops, encoder,
+    /// classifier, tsne
+    #[arg(long)]
+    only: Vec<String>,
+    /// Instead: our training step and encoder against PyTorch's
+    /// (crates/vae-train/benches/pytorch_step.py run by this Python, which must have torch),
+    /// f32 and bf16 autocast, interleaved for --rounds rounds
+    #[arg(long, value_name = "PYTHON")]
+    pytorch: Option<PathBuf>,
+    /// Rounds of the side-by-side comparison
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
+}
+
+/// Runs the benchmark as `args` say.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    match &args.pytorch {
+        None => {
+            let output = ours(args.quick, &args.only, false)?;
+            print!("{output}");
+            Ok(())
+        }
+        Some(python) => side_by_side(python, args.rounds),
+    }
+}
+
+/// Runs `vae-train`'s throughput bench; returns its standard output (streamed to the
+/// terminal as well unless `capture`).
+fn ours(quick: bool, only: &[String], capture: bool) -> anyhow::Result<String> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "vae-train", "--bench", "throughput", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    for section in only {
+        cmd.args(["--only", section]);
+    }
+    if !capture {
+        let status = cmd.status().context("running cargo bench")?;
+        if !status.success() {
+            bail!("the benchmark failed ({status})");
+        }
+        return Ok(String::new());
+    }
+    let output = cmd.output().context("running cargo bench")?;
+    if !output.status.success() {
+        bail!("the benchmark failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The figures compared, as the lines of both benchmarks name them.
+const FIGURES: [&str; 3] = ["training step, batch 128", "training step, batch  32", "encoder, 500 images"];
+
+/// Milliseconds of each figure in a benchmark's output (`NAME: 123.4 ms ...` lines).
+fn parse(output: &str) -> BTreeMap<&'static str, f64> {
+    let mut found = BTreeMap::new();
+    for line in output.lines() {
+        let Some((name, rest)) = line.split_once(':') else { continue };
+        let Some(figure) = FIGURES.iter().find(|f| name.trim() == f.trim()) else { continue };
+        if let Some(ms) = rest.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            found.insert(*figure, ms);
+        }
+    }
+    found
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
+    let script = project_root().join("crates/vae-train/benches/pytorch_step.py");
+    let threads = std::thread::available_parallelism().map_or(2, usize::from).to_string();
+    let torch = |bf16: bool| -> anyhow::Result<String> {
+        let mut cmd = Command::new(python);
+        cmd.arg(&script).args(["--threads", &threads]);
+        if bf16 {
+            cmd.arg("--bf16");
+        }
+        let output = cmd.output().with_context(|| format!("running {}", python.display()))?;
+        if !output.status.success() {
+            bail!("{} {} failed:\n{}", python.display(), script.display(), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    // Without native bf16 arithmetic PyTorch's bf16 autocast is emulated, 10-40× slower
+    // than f32 (measured on a Zen 3): not a comparison worth minutes per round.
+    let bf16 = native_bf16();
+    println!(
+        "CPU: {}, {threads} threads; {rounds} rounds of: ours, PyTorch f32{}",
+        cpu_model(),
+        if bf16 { ", PyTorch bf16 autocast" } else { " (no native bf16 on this CPU: bf16 autocast skipped)" }
+    );
+    let mut samples: [BTreeMap<&str, Vec<f64>>; 3] = Default::default();
+    for round in 1..=rounds {
+        let outputs = [
+            ours(true, &["step".into(), "encoder".into()], true)?,
+            torch(false)?,
+            if bf16 { torch(true)? } else { String::new() },
+        ];
+        for (kind, output) in samples.iter_mut().zip(&outputs) {
+            for (figure, ms) in parse(output) {
+                kind.entry(figure).or_default().push(ms);
+            }
+        }
+        let line: Vec<String> = FIGURES
+            .iter()
+            .map(|f| {
+                let last = |k: usize| samples[k].get(f).and_then(|v| v.last().copied()).unwrap_or(f64::NAN);
+                format!("{}: {:.1} / {:.1} / {:.1} ms", f.replace("  ", " "), last(0), last(1), last(2))
+            })
+            .collect();
+        println!("round {round}: {}", line.join("; "));
+    }
+    println!("\n| figure (median of {rounds} rounds) | ours | PyTorch f32 | ratio | PyTorch bf16 | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for figure in FIGURES {
+        let med = |k: usize| samples[k].get(figure).cloned().map_or(f64::NAN, median);
+        let (ours, f32_, bf16) = (med(0), med(1), med(2));
+        println!(
+            "| {} | {ours:.1} ms | {f32_:.1} ms | {:.2}× | {bf16:.1} ms | {:.2}× |",
+            figure.replace("  ", " "),
+            f32_ / ours,
+            bf16 / ours
+        );
+    }
+    Ok(())
+}
+
+/// Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16, as the kernel
+/// reports them).
+fn native_bf16() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo.split_whitespace().any(|flag| flag == "avx512_bf16" || flag == "amx_bf16")
+}
+
+/// The CPU's model name, from the kernel (xtask does not link the model crate).
+fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|n| n.trim_start_matches([' ', '\t', ':']));
+    name.unwrap_or("unknown").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_benchmarks_lines_are_read() {
+        let ours = "training step, batch 128:    269.0 ms (spread 258.1–281.0)  475 images/s\n\
+                    training step, batch 128 (candle autograd):    635.0 ms (spread 1–2)\n\
+                    encoder, 500 images:    141.2 ms (spread 1–2)    3535 images/s\n\
+                    encoder, 500 images (candle graph):    224.0 ms (spread 1–2)";
+        let torch =
+            "torch 2.15.0, 2 threads\ntraining step, batch  32:   240.5 ms (spread 230.0-250.1)    133 images/s";
+        let parsed = parse(ours);
+        assert_eq!(parsed.get(FIGURES[0]), Some(&269.0));
+        assert_eq!(parsed.get(FIGURES[2]), Some(&141.2), "the candle-graph line is another figure");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parse(torch).get(FIGURES[1]), Some(&240.5));
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
