@@ -105,6 +105,16 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
             num(&eval["iwae"]),
             num(&eval["test_loss_at_mean"])
         )?;
+        if let Some(kl) = eval["kl_per_dimension"].as_array() {
+            let kl: Vec<String> = kl.iter().map(num).collect();
+            writeln!(
+                summary,
+                "\nActive latent units (posterior mean variance > 0.01 over the test set): {} of {}; KL per dimension (nats): {}.",
+                eval["active_units"],
+                kl.len(),
+                kl.join(", ")
+            )?;
+        }
     }
     summary.push_str("\n| stage | seconds |\n|---|---|\n");
     for s in stages {

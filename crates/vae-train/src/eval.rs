@@ -16,6 +16,8 @@ use rand_distr::StandardNormal;
 use vae_data::{IMAGE_SIDE, SplitKind, load_split};
 use vae_model::Vae;
 
+use crate::diagnostics::PosteriorStats;
+
 /// Most latent codes decoded in one forward pass (images × samples), bounding memory: a
 /// decode keeps about 0.75 MB of activations, so a pass peaks near 1.6 GB whatever `--k`.
 const MAX_DECODES_PER_PASS: usize = 2048;
@@ -68,6 +70,13 @@ pub struct EvalReport {
     /// The loss with z = the posterior mean decoded (BCE + KL per image): not a bound,
     /// the convention the seed's published test losses follow.
     pub test_loss_at_mean: f64,
+    /// Mean KL divergence of each latent dimension's posterior from the prior, nats per
+    /// image (their sum is the loss's KL term).
+    pub kl_per_dimension: Vec<f64>,
+    /// Variance across the test images of each dimension's posterior mean.
+    pub posterior_mean_variance: Vec<f64>,
+    /// Dimensions whose posterior mean varies by more than 0.01 (Burda et al., 2015).
+    pub active_units: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
     /// The flags.
@@ -78,9 +87,16 @@ pub struct EvalReport {
 /// `(k, B, latent)`, and the loss at the posterior mean (BCE of the decoded mean + KL),
 /// decoding at most `max_decodes` codes per pass (splitting the `k` samples when `k · B`
 /// is larger): the result does not depend on the split.
-fn batch_sums(vae: &Vae, x: &Tensor, eps: &Tensor, max_decodes: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let (k, b, _) = eps.dims3()?;
+fn batch_sums(
+    vae: &Vae,
+    x: &Tensor,
+    eps: &Tensor,
+    max_decodes: usize,
+    posterior: &mut PosteriorStats,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let (k, b, dim) = eps.dims3()?;
     let (mu, logvar) = vae.encode(x)?;
+    posterior.add(&mu.flatten_all()?.to_vec1()?, &logvar.flatten_all()?.to_vec1()?, dim);
     let at_mean = vae_model::VaeOutput { logits: vae.decode_logits(&mu)?, mu: mu.clone(), logvar: logvar.clone() };
     let at_mean = vae_model::loss_terms(&at_mean, x)?;
     let loss_at_mean = (at_mean.bce.to_scalar::<f32>()? + at_mean.kl.to_scalar::<f32>()?) as f64;
@@ -118,13 +134,14 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     );
     let started = Instant::now();
     let (mut elbo, mut iwae, mut at_mean) = (0.0f64, 0.0f64, 0.0f64);
+    let mut posterior = PosteriorStats::default();
     let indices: Vec<usize> = (0..test.len()).collect();
     let per_pass = (args.batch_size as usize).min((MAX_DECODES_PER_PASS / k).max(1));
     for batch in indices.chunks(per_pass) {
         let x = Tensor::from_vec(test.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
         let eps: Vec<f32> = (0..k * batch.len() * latent).map(|_| rng.sample(StandardNormal)).collect();
         let eps = Tensor::from_vec(eps, (k, batch.len(), latent), &device)?;
-        let (batch_elbo, batch_iwae, batch_at_mean) = batch_sums(&vae, &x, &eps, MAX_DECODES_PER_PASS)?;
+        let (batch_elbo, batch_iwae, batch_at_mean) = batch_sums(&vae, &x, &eps, MAX_DECODES_PER_PASS, &mut posterior)?;
         elbo += batch_elbo;
         iwae += batch_iwae;
         at_mean += batch_at_mean;
@@ -144,6 +161,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         iwae: iwae / n,
         nll_estimate: -iwae / n,
         test_loss_at_mean: at_mean / n,
+        kl_per_dimension: posterior.kl_per_dimension(),
+        posterior_mean_variance: posterior.mean_variance(),
+        active_units: posterior.active_units(),
         seconds: started.elapsed().as_secs_f64(),
         args: args.clone(),
     };
@@ -170,11 +190,12 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         let eps: Vec<f32> = (0..37 * 3 * 10).map(|_| rng.sample(StandardNormal)).collect();
         let eps = Tensor::from_vec(eps, (37, 3, 10), &device).unwrap();
-        let whole = batch_sums(&vae, &x, &eps, 4096).unwrap();
+        let mut stats = PosteriorStats::default();
+        let whole = batch_sums(&vae, &x, &eps, 4096, &mut stats).unwrap();
         let reference = vae_model::likelihood_bounds(&vae, &x, &eps).unwrap();
         assert_eq!(whole.1, reference.iwae.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64);
         for max_decodes in [1, 2, 7, 30, 111] {
-            let split = batch_sums(&vae, &x, &eps, max_decodes).unwrap();
+            let split = batch_sums(&vae, &x, &eps, max_decodes, &mut stats).unwrap();
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
             assert!(close(split.0, whole.0) && close(split.1, whole.1), "{max_decodes}: {split:?} vs {whole:?}");
             assert_eq!(split.2, whole.2, "the loss at the mean takes no samples");

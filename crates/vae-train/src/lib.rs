@@ -11,6 +11,7 @@
 //! `config.json`.
 
 pub mod adam;
+pub mod diagnostics;
 pub mod ema;
 pub mod eval;
 mod history;

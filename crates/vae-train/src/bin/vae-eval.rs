@@ -14,5 +14,7 @@ fn main() -> anyhow::Result<()> {
         "{} test images, k = {}: ELBO {:.2} nats, IWAE bound {:.2} nats → NLL ≤ {:.2} nats; loss at the posterior mean {:.2} ({:.1} s)",
         r.images, r.k, r.elbo, r.iwae, r.nll_estimate, r.test_loss_at_mean, r.seconds
     );
+    let kl: Vec<String> = r.kl_per_dimension.iter().map(|k| format!("{k:.2}")).collect();
+    println!("active units: {} of {}; KL per dimension: {}", r.active_units, kl.len(), kl.join(" "));
     Ok(())
 }
