@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use vae_data::run::{open_unit_interval, positive_finite, unit_interval};
+use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
 
 use crate::{cargo, project_root, report};
 
@@ -38,7 +38,11 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Training preset (vae-train --recipe): seed, the seed's stated settings
-    #[arg(long, value_parser = ["seed"], conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema"])]
+    #[arg(
+        long,
+        value_parser = ["seed"],
+        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
+    )]
     pub recipe: Option<String>,
     /// Adam's peak learning rate (vae-train's default when absent: 1e-3)
     #[arg(long, value_parser = positive_finite)]
@@ -56,6 +60,13 @@ pub struct PipelineArgs {
     /// the average is what is evaluated and written
     #[arg(long, value_parser = open_unit_interval)]
     pub ema: Option<f64>,
+    /// Weight β of the KL term in training (a β-VAE for β ≠ 1; the losses reported stay
+    /// the unweighted ELBO)
+    #[arg(long, value_parser = non_negative_finite)]
+    pub beta: Option<f64>,
+    /// Epochs over which the KL weight ramps from 0 to β
+    #[arg(long)]
+    pub kl_warmup_epochs: Option<u32>,
     /// Threads for training (1 to 1024) [default: all cores]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
@@ -131,6 +142,8 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
         ("--lr-final-fraction", args.lr_final_fraction.map(|x| x.to_string())),
         ("--warmup-epochs", args.warmup_epochs.map(|x| x.to_string())),
         ("--ema", args.ema.map(|x| x.to_string())),
+        ("--beta", args.beta.map(|x| x.to_string())),
+        ("--kl-warmup-epochs", args.kl_warmup_epochs.map(|x| x.to_string())),
     ];
     for (flag, value) in recipe {
         if let Some(value) = value {
@@ -454,6 +467,8 @@ mod tests {
             lr_final_fraction: None,
             warmup_epochs: None,
             ema: None,
+            beta: None,
+            kl_warmup_epochs: None,
             threads: None,
             device: device.map(String::from),
             quick: true,

@@ -27,6 +27,12 @@ pub fn positive_finite(s: &str) -> Result<f64, String> {
     if x.is_finite() && x > 0.0 { Ok(x) } else { Err(format!("must be a positive finite number, got {s}")) }
 }
 
+/// A finite number ≥ 0 (a weight).
+pub fn non_negative_finite(s: &str) -> Result<f64, String> {
+    let x = number(s)?;
+    if x.is_finite() && x >= 0.0 { Ok(x) } else { Err(format!("must be a finite number ≥ 0, got {s}")) }
+}
+
 /// A number in `[0, 1]` (a fraction, a decay factor).
 pub fn unit_interval(s: &str) -> Result<f64, String> {
     let x = number(s)?;
@@ -47,6 +53,8 @@ mod tests {
     fn flag_parsers_accept_their_range_only() {
         assert_eq!(positive_finite("2e-3"), Ok(2e-3));
         assert!(["0", "-1", "NaN", "inf", "x"].iter().all(|s| positive_finite(s).is_err()));
+        assert_eq!((non_negative_finite("0"), non_negative_finite("4")), (Ok(0.0), Ok(4.0)));
+        assert!(["-1", "NaN", "inf"].iter().all(|s| non_negative_finite(s).is_err()));
         assert_eq!((unit_interval("0"), unit_interval("1")), (Ok(0.0), Ok(1.0)));
         assert!(["-0.1", "1.5", "NaN"].iter().all(|s| unit_interval(s).is_err()));
         assert_eq!(open_unit_interval("0.999"), Ok(0.999));

@@ -87,6 +87,7 @@ pub struct CpuStep {
     params: Vec<Tensor>,
     grads: Vec<Vec<f32>>,
     buf: Buffers,
+    kl_weight: f32,
 }
 
 /// Activations of the forward pass and gradients of the backward pass, `batch` rows each.
@@ -190,7 +191,7 @@ impl CpuStep {
             params.push(var.as_tensor().clone());
         }
         let names = specs.into_iter().map(|s| s.name).collect();
-        Ok(Self { cfg: cfg.clone(), names, params, grads: Vec::new(), buf: Buffers::default() })
+        Ok(Self { cfg: cfg.clone(), names, params, grads: Vec::new(), buf: Buffers::default(), kl_weight: 1.0 })
     }
 
     /// The gradient of the last step's objective for parameter `name` (`None` before
@@ -205,21 +206,29 @@ impl CpuStep {
         LAYERS.iter().zip(&self.buf.seconds).map(|(name, [fwd, bwd])| (*name, *fwd, *bwd))
     }
 
+    /// Sets the weight β of the KL term in the objective whose gradients [`CpuStep::run`]
+    /// computes, `(BCE + β·KL) / B` (a β-VAE; 1, the default, is the VAE). The loss sums
+    /// it returns stay unweighted.
+    pub fn set_kl_weight(&mut self, beta: f32) {
+        self.kl_weight = beta;
+    }
+
     /// Runs the forward and backward pass on images `x` `(B, C, H, W)` in `[0, 1]`
     /// (flattened) with the reparameterisation noise `eps` `(B, latent_dim)`, leaving
-    /// the gradients of `(BCE + KL) / B` in [`CpuStep::grad`]; returns the loss sums.
+    /// the gradients of `(BCE + β·KL) / B` in [`CpuStep::grad`] (β = 1 unless
+    /// [`CpuStep::set_kl_weight`]); returns the loss sums.
     pub fn run(&mut self, x: &[f32], eps: &[f32]) -> candle_core::Result<BatchLoss> {
         let d = Dims::of(&self.cfg);
         let batch = batch_size(&d, x, Some(eps))?;
         if self.grads.is_empty() {
             self.grads = parameter_specs(&self.cfg).iter().map(|s| vec![0.0; s.shape.iter().product()]).collect();
         }
-        let (buf, grads) = (&mut self.buf, &mut self.grads);
+        let (buf, grads, kl_weight) = (&mut self.buf, &mut self.grads, self.kl_weight);
         buf.seconds = Default::default();
         with_weights(&self.params, |w| {
             buf.resize(&d, batch, batch, true);
             buf.forward(&d, batch, w, x, eps);
-            let loss = buf.loss_gradient(x, batch);
+            let loss = buf.loss_gradient(x, batch, kl_weight);
             buf.backward(&d, batch, w, eps, grads);
             loss
         })
@@ -394,12 +403,13 @@ impl Buffers {
         lap(&mut self.seconds, layer::DECONV2, FORWARD, t);
     }
 
-    /// The loss sums, and the gradients of `(BCE + KL) / B` with respect to the logits
-    /// and, through the KL term only, to `mu` and `logvar` (the decoder's share is added
-    /// in the backward pass).
-    fn loss_gradient(&mut self, x: &[f32], b: usize) -> BatchLoss {
+    /// The loss sums, and the gradients of `(BCE + kl_weight · KL) / B` with respect to
+    /// the logits and, through the KL term only, to `mu` and `logvar` (the decoder's share
+    /// is added in the backward pass).
+    fn loss_gradient(&mut self, x: &[f32], b: usize, kl_weight: f32) -> BatchLoss {
         let t = Instant::now();
         let inv_b = 1.0 / b as f32;
+        let kl_scale = kl_weight * inv_b;
         const CHUNK: usize = 1 << 12;
         let bce: f64 = self
             .logits
@@ -422,8 +432,8 @@ impl Buffers {
         for i in 0..self.mu.len() {
             let (mu, logvar, var) = (self.mu[i], self.logvar[i], self.std[i] * self.std[i]);
             kl += 0.5 * f64::from(var + mu * mu - logvar - 1.0);
-            self.g_mu[i] = mu * inv_b;
-            self.g_logvar[i] = 0.5 * (var - 1.0) * inv_b;
+            self.g_mu[i] = mu * kl_scale;
+            self.g_logvar[i] = 0.5 * (var - 1.0) * kl_scale;
         }
         lap(&mut self.seconds, layer::LOSS, FORWARD, t);
         BatchLoss { bce, kl }
@@ -815,11 +825,12 @@ mod tests {
     }
 
     /// Loss and every parameter gradient against candle's autograd on the candle model,
-    /// for the seed's model and for a smaller one with other widths.
+    /// for the seed's model and for a smaller one with other widths, the latter also as a
+    /// β-VAE (KL weighted by 4).
     #[test]
     fn matches_candle_autograd() {
         let small = VaeConfig { latent_dim: 3, conv_channels: [4, 6], hidden: [24, 12], ..VaeConfig::default() };
-        for (cfg, batch) in [(VaeConfig::default(), 5), (small, 3)] {
+        for (cfg, batch, beta) in [(VaeConfig::default(), 5, 1.0), (small.clone(), 3, 1.0), (small, 3, 4.0)] {
             let dev = Device::Cpu;
             let varmap = VarMap::new();
             init_varmap(&varmap, &cfg, 11, &dev).unwrap();
@@ -831,11 +842,12 @@ mod tests {
             let x = Tensor::from_vec(pixels.clone(), (batch, 1, 28, 28), &dev).unwrap();
             let e = Tensor::from_vec(eps.clone(), (batch, cfg.latent_dim), &dev).unwrap();
             let terms = loss_terms(&vae.forward(&x, &e).unwrap(), &x).unwrap();
-            let objective = ((&terms.bce + &terms.kl).unwrap() / batch as f64).unwrap();
+            let objective = ((&terms.bce + (&terms.kl * beta).unwrap()).unwrap() / batch as f64).unwrap();
             let reference = objective.backward().unwrap();
 
             let vars: Vec<_> = varmap.data().lock().unwrap().clone().into_iter().collect();
             let mut step = CpuStep::new(&cfg, &varmap).unwrap();
+            step.set_kl_weight(beta as f32);
             let loss = step.run(&pixels, &eps).unwrap();
             let bce = f64::from(terms.bce.to_scalar::<f32>().unwrap());
             let kl = f64::from(terms.kl.to_scalar::<f32>().unwrap());
@@ -858,7 +870,9 @@ mod tests {
             // A second, smaller batch reuses the buffers and gives the same result as a
             // fresh step.
             let again = step.run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
-            let fresh = CpuStep::new(&cfg, &varmap).unwrap().run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
+            let mut fresh = CpuStep::new(&cfg, &varmap).unwrap();
+            fresh.set_kl_weight(beta as f32);
+            let fresh = fresh.run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
             assert_eq!(again, fresh);
         }
     }

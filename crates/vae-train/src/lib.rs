@@ -28,14 +28,14 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rand_distr::StandardNormal;
-use vae_data::run::{open_unit_interval, positive_finite, unit_interval};
+use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split};
 use vae_model::{Vae, VaeConfig, init_varmap, loss_terms, parameter_specs, read_tensors, save_tensors, take_tensor};
 
 use adam::{Adam, AdamConfig, Moments, named_vars};
 use ema::Ema;
 pub use history::{EpochLosses, EpochRecord};
-use schedule::{LrPlan, LrSchedule, Recipe};
+use schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
 use vae_model::CpuStep;
 
 /// Command-line flags of `vae-train`.
@@ -84,9 +84,21 @@ pub struct TrainArgs {
     /// the raw weights (both are in the checkpoint)
     #[arg(long, value_parser = open_unit_interval)]
     pub ema: Option<f64>,
+    /// Weight β of the KL term in the training objective, (BCE + β·KL) / B: a β-VAE
+    /// (Higgins et al. 2017) for β ≠ 1. The losses reported stay the unweighted ELBO, so
+    /// runs with different β compare
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_finite)]
+    pub beta: f64,
+    /// Epochs over which the KL weight ramps linearly from 0 to --beta (KL annealing)
+    #[arg(long, default_value_t = 0)]
+    pub kl_warmup_epochs: u32,
     /// A named preset; `seed`: the seed's stated settings (batch 32, constant lr 1e-3, no
-    /// warm-up, no average), refusing flags that would change them
-    #[arg(long, value_enum, conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema"])]
+    /// warm-up, no average, β = 1), refusing flags that would change them
+    #[arg(
+        long,
+        value_enum,
+        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
+    )]
     pub recipe: Option<Recipe>,
     /// Dimension of the latent space
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -129,9 +141,17 @@ impl TrainArgs {
                 lr_schedule: LrSchedule::Constant,
                 warmup_epochs: 0,
                 ema: None,
+                beta: 1.0,
+                kl_warmup_epochs: 0,
                 ..self.clone()
             },
         }
+    }
+
+    /// The KL weight of every step, for `train_images` images per epoch.
+    fn kl_plan(&self, train_images: usize) -> KlPlan {
+        let steps_per_epoch = train_images.div_ceil(self.batch_size as usize) as u64;
+        KlPlan { beta: self.beta, warmup_steps: u64::from(self.kl_warmup_epochs) * steps_per_epoch }
     }
 
     /// The learning rate of every step, for `train_images` images per epoch.
@@ -195,6 +215,7 @@ fn images_tensor(split: &Split, indices: &[usize], device: &Device) -> candle_co
 struct Fingerprint {
     batch_size: u32,
     lr: LrPlan,
+    kl: KlPlan,
     ema: Option<f64>,
     seed: u64,
     train_images: usize,
@@ -241,6 +262,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     let fingerprint = Fingerprint {
         batch_size: args.batch_size,
         lr: args.lr_plan(train.len()),
+        kl: args.kl_plan(train.len()),
         ema: args.ema,
         seed: args.seed,
         train_images: train.len(),
@@ -277,12 +299,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
         snapshot(&vae, &sample_z, &originals, 0, &mut samples)?;
     }
 
-    let plan = &fingerprint.lr;
+    let plans = (&fingerprint.lr, &fingerprint.kl);
     let epochs_resumed = history.len();
     for epoch in history.len() as u32..args.epochs {
         let started = Instant::now();
         let state = TrainState { varmap: &varmap, adam: &mut adam, ema: ema.as_mut() };
-        let (train_bce, train_kl) = train_epoch(&vae, state, plan, cpu_step.as_mut(), &train, args, epoch, &device)?;
+        let (train_bce, train_kl) = train_epoch(&vae, state, plans, cpu_step.as_mut(), &train, args, epoch, &device)?;
         let (test_sampled, test_at_mean) =
             with_eval_weights(&varmap, ema.as_ref(), || evaluate(&vae, &test, args.seed, epoch, &device))?;
         let seconds = started.elapsed().as_secs_f64();
@@ -378,6 +400,7 @@ fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -
         "optimizer": AdamConfig { lr: args.lr, ..AdamConfig::default() },
         "learning_rate": fingerprint.lr,
         "ema_decay": fingerprint.ema,
+        "kl_weight": fingerprint.kl,
         "inputs_sha256": fingerprint.inputs.iter().cloned().collect::<HashMap<_, _>>(),
     });
     vae_data::write_atomic(&files.path("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
@@ -390,7 +413,7 @@ fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -
 fn train_epoch(
     vae: &Vae,
     state: TrainState,
-    plan: &LrPlan,
+    (lr_plan, kl_plan): (&LrPlan, &KlPlan),
     mut cpu_step: Option<&mut CpuStep>,
     train: &Split,
     args: &TrainArgs,
@@ -411,7 +434,8 @@ fn train_epoch(
     let params = sorted_vars(varmap);
     let (mut bce_sum, mut kl_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
     for (i, batch) in batches.enumerate() {
-        adam.set_lr(plan.at(adam.step_count()));
+        adam.set_lr(lr_plan.at(adam.step_count()));
+        let kl_weight = kl_plan.at(adam.step_count());
         let pixels = train.gather_f32(batch);
         let eps = normal_values(&mut noise, batch.len() * vae.config().latent_dim);
         let diverged = |loss: f64| {
@@ -419,6 +443,7 @@ fn train_epoch(
         };
         let (bce, kl) = match cpu_step.as_deref_mut() {
             Some(step) => {
+                step.set_kl_weight(kl_weight as f32);
                 let loss = step.run(&pixels, &eps)?;
                 ensure!((loss.bce + loss.kl).is_finite(), diverged(loss.bce + loss.kl));
                 adam.step_with(|name| step.grad(name))?;
@@ -428,7 +453,7 @@ fn train_epoch(
                 let x = Tensor::from_vec(pixels, (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
                 let eps = Tensor::from_vec(eps, (batch.len(), vae.config().latent_dim), device)?;
                 let terms = loss_terms(&vae.forward(&x, &eps)?, &x)?;
-                let objective = ((&terms.bce + &terms.kl)? / batch.len() as f64)?;
+                let objective = ((&terms.bce + (&terms.kl * kl_weight)?)? / batch.len() as f64)?;
                 let (bce, kl) = (terms.bce.to_scalar::<f32>()? as f64, terms.kl.to_scalar::<f32>()? as f64);
                 ensure!((bce + kl).is_finite(), diverged(bce + kl));
                 adam.step(&objective.backward()?)?;

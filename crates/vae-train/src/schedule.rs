@@ -55,11 +55,28 @@ impl LrPlan {
     }
 }
 
+/// The weight β of the KL term of each optimisation step: a β-VAE's `β`, reached by a
+/// linear ramp from 0 over `warmup_steps` (KL annealing); `β = 1` without a ramp is the VAE.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KlPlan {
+    /// The final weight (`--beta`).
+    pub beta: f64,
+    /// Steps of the ramp from `beta / warmup_steps` to `beta`.
+    pub warmup_steps: u64,
+}
+
+impl KlPlan {
+    /// The KL weight of optimisation step `step` (0-based).
+    pub fn at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps { self.beta * (step + 1) as f64 / self.warmup_steps as f64 } else { self.beta }
+    }
+}
+
 /// A named set of training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Recipe {
     /// The seed's stated settings: batch 32, Adam at a constant 1e-3, no warm-up, no
-    /// weight average.
+    /// weight average, the plain VAE objective (β = 1).
     Seed,
 }
 
@@ -85,5 +102,8 @@ mod tests {
         assert!((10..110).all(|t| cosine.at(t + 1) <= cosine.at(t)), "decreasing");
         let step = plan(LrSchedule::Step, 0);
         assert_eq!((step.at(19), step.at(20), step.at(45)), (1e-3, 5e-4, 2.5e-4));
+        let kl = KlPlan { beta: 4.0, warmup_steps: 8 };
+        assert_eq!((kl.at(0), kl.at(3), kl.at(7), kl.at(100)), (0.5, 2.0, 4.0, 4.0));
+        assert!((0..50).all(|t| KlPlan { beta: 1.0, warmup_steps: 0 }.at(t) == 1.0));
     }
 }
