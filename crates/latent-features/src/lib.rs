@@ -170,3 +170,43 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
     vae_data::write_atomic(&path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use candle_nn::VarBuilder;
+
+    /// Row i of the features is `[mu_i | logvar_i]` of test image i (or `mu_i` alone),
+    /// whatever the batching, by the CPU kernels and by candle's graph alike.
+    #[test]
+    fn rows_are_mu_then_logvar_of_each_image_in_order() {
+        let device = Device::Cpu;
+        let cfg = vae_model::VaeConfig::default();
+        let varmap = VarMap::new();
+        vae_model::init_varmap(&varmap, &cfg, 3, &device).unwrap();
+        let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+        let mut test = load_split(&data, SplitKind::Test).unwrap();
+        test.truncate(7);
+        let x = Tensor::from_vec(test.gather_f32(&(0..7).collect::<Vec<_>>()), (7, 1, 28, 28), &device).unwrap();
+        let (mu, logvar) = vae.encode(&x).unwrap();
+        let (mu, logvar) = (mu.to_vec2::<f32>().unwrap(), logvar.to_vec2::<f32>().unwrap());
+        let encoders = [Encoder::new(&vae, &varmap, &device).unwrap(), Encoder::Candle(&vae, device.clone())];
+        for mut encoder in encoders {
+            let (rows, cols, both) = encode_split(&mut encoder, &test, Features::MuLogvar, 3, "test").unwrap();
+            let (_, mu_cols, only_mu) = encode_split(&mut encoder, &test, Features::Mu, 5, "test").unwrap();
+            assert_eq!((rows, cols, mu_cols), (7, 20, 10));
+            for i in 0..7 {
+                let expected: Vec<f32> = mu[i].iter().chain(&logvar[i]).copied().collect();
+                let row = &both[i * 20..(i + 1) * 20];
+                let diff = row.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff < 1e-4, "row {i} differs by {diff}");
+                let mu_only = &only_mu[i * 10..(i + 1) * 10];
+                // Other batch sizes may change the last bits of a product, nothing more.
+                let diff = mu_only.iter().zip(&row[..10]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff < 1e-6, "--features mu is the first half: row {i} differs by {diff}");
+            }
+        }
+    }
+}
