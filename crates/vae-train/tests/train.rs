@@ -109,6 +109,12 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
         let err = format!("{:#}", vae_train::run(&args(&resumed, &["--epochs", "4", "--resume"])).unwrap_err());
         assert!(err.contains(name) && err.contains("non-finite") && err.contains("remove it"), "{err}");
     }
+    // Damaged metadata is named with its file.
+    let mut bad_step = meta.clone();
+    bad_step.insert("adam_step".into(), "x12".into());
+    vae_model::save_tensors(&checkpoint, &clean, Some(bad_step)).unwrap();
+    let err = format!("{:#}", vae_train::run(&args(&resumed, &["--epochs", "4", "--resume"])).unwrap_err());
+    assert!(err.contains("checkpoint.safetensors: adam_step"), "{err}");
     for dir in [full, resumed] {
         std::fs::remove_dir_all(dir).unwrap();
     }
