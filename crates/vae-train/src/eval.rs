@@ -83,18 +83,20 @@ pub struct EvalReport {
     pub args: EvalArgs,
 }
 
-/// Sums over the images of `x` of the ELBO, the IWAE bound with noise `eps`
-/// `(k, B, latent)`, and the loss at the posterior mean (BCE of the decoded mean + KL),
-/// decoding at most `max_decodes` codes per pass (splitting the `k` samples when `k · B`
-/// is larger): the result does not depend on the split.
+/// Sums over the images of `x` of the ELBO, the `k`-sample IWAE bound, and the loss at
+/// the posterior mean (BCE of the decoded mean + KL), decoding at most `max_decodes` codes
+/// per pass (splitting the `k` samples when `k · B` is larger). Each pass draws its own
+/// noise from `rng`, in the order of one `(k, B, latent)` array, so neither the draws nor
+/// the result depend on the split, and memory does not grow with `k`.
 fn batch_sums(
     vae: &Vae,
     x: &Tensor,
-    eps: &Tensor,
+    k: usize,
+    rng: &mut StdRng,
     max_decodes: usize,
     posterior: &mut PosteriorStats,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let (k, b, dim) = eps.dims3()?;
+    let (b, dim) = (x.dim(0)?, vae.config().latent_dim);
     let (mu, logvar) = vae.encode(x)?;
     posterior.add(&mu.flatten_all()?.to_vec1()?, &logvar.flatten_all()?.to_vec1()?, dim);
     let at_mean = vae_model::VaeOutput { logits: vae.decode_logits(&mu)?, mu: mu.clone(), logvar: logvar.clone() };
@@ -103,7 +105,9 @@ fn batch_sums(
     let samples_per_pass = (max_decodes / b).clamp(1, k);
     let mut log_w = Vec::new();
     for start in (0..k).step_by(samples_per_pass) {
-        let chunk = eps.narrow(0, start, samples_per_pass.min(k - start))?;
+        let samples = samples_per_pass.min(k - start);
+        let eps: Vec<f32> = (0..samples * b * dim).map(|_| rng.sample(StandardNormal)).collect();
+        let chunk = Tensor::from_vec(eps, (samples, b, dim), x.device())?;
         // Detached: the weights are `Var`s, so a kept result would keep its whole graph
         // (every activation of the pass) alive.
         log_w.push(vae_model::log_importance_weights(vae, &mu, &logvar, x, &chunk)?.detach());
@@ -124,7 +128,6 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     }
     ensure!(!test.is_empty(), "the test set in {} is empty", args.data.display());
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let latent = vae.config().latent_dim;
     let k = args.k as usize;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let bar = ProgressBar::new(test.len() as u64).with_prefix("iwae");
@@ -139,9 +142,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let per_pass = (args.batch_size as usize).min((MAX_DECODES_PER_PASS / k).max(1));
     for batch in indices.chunks(per_pass) {
         let x = Tensor::from_vec(test.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
-        let eps: Vec<f32> = (0..k * batch.len() * latent).map(|_| rng.sample(StandardNormal)).collect();
-        let eps = Tensor::from_vec(eps, (k, batch.len(), latent), &device)?;
-        let (batch_elbo, batch_iwae, batch_at_mean) = batch_sums(&vae, &x, &eps, MAX_DECODES_PER_PASS, &mut posterior)?;
+        let (batch_elbo, batch_iwae, batch_at_mean) =
+            batch_sums(&vae, &x, k, &mut rng, MAX_DECODES_PER_PASS, &mut posterior)?;
         elbo += batch_elbo;
         iwae += batch_iwae;
         at_mean += batch_at_mean;
@@ -190,12 +192,15 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         let eps: Vec<f32> = (0..37 * 3 * 10).map(|_| rng.sample(StandardNormal)).collect();
         let eps = Tensor::from_vec(eps, (37, 3, 10), &device).unwrap();
-        let mut stats = PosteriorStats::default();
-        let whole = batch_sums(&vae, &x, &eps, 4096, &mut stats).unwrap();
+        let sums = |max_decodes| {
+            let mut stats = PosteriorStats::default();
+            batch_sums(&vae, &x, 37, &mut StdRng::seed_from_u64(4), max_decodes, &mut stats)
+        };
+        let whole = sums(4096).unwrap();
         let reference = vae_model::likelihood_bounds(&vae, &x, &eps).unwrap();
         assert_eq!(whole.1, reference.iwae.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64);
         for max_decodes in [1, 2, 7, 30, 111] {
-            let split = batch_sums(&vae, &x, &eps, max_decodes, &mut stats).unwrap();
+            let split = sums(max_decodes).unwrap();
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
             assert!(close(split.0, whole.0) && close(split.1, whole.1), "{max_decodes}: {split:?} vs {whole:?}");
             assert_eq!(split.2, whole.2, "the loss at the mean takes no samples");

@@ -148,15 +148,20 @@ impl TrainArgs {
         }
     }
 
+    /// Optimisation steps in an epoch of `train_images` images.
+    fn steps_per_epoch(&self, train_images: usize) -> u64 {
+        train_images.div_ceil(self.batch_size as usize) as u64
+    }
+
     /// The KL weight of every step, for `train_images` images per epoch.
     fn kl_plan(&self, train_images: usize) -> KlPlan {
-        let steps_per_epoch = train_images.div_ceil(self.batch_size as usize) as u64;
-        KlPlan { beta: self.beta, warmup_steps: u64::from(self.kl_warmup_epochs) * steps_per_epoch }
+        let warmup_steps = u64::from(self.kl_warmup_epochs) * self.steps_per_epoch(train_images);
+        KlPlan { beta: self.beta, warmup_steps }
     }
 
     /// The learning rate of every step, for `train_images` images per epoch.
     fn lr_plan(&self, train_images: usize) -> LrPlan {
-        let steps_per_epoch = train_images.div_ceil(self.batch_size as usize) as u64;
+        let steps_per_epoch = self.steps_per_epoch(train_images);
         let schedule = self.lr_schedule;
         let (cosine, step) = (schedule == LrSchedule::Cosine, schedule == LrSchedule::Step);
         LrPlan {

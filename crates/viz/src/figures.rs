@@ -274,6 +274,11 @@ where
     DB::ErrorType: 'static,
 {
     let all = || curves.iter().chain(reference).flat_map(|c| c.points.iter().copied());
+    if all().next().is_none() {
+        // No axes to fit: say why instead of drawing an empty (or inverted) chart.
+        area.draw(&Text::new(format!("{caption}: no values in history.json"), (20, 20), (FONT, 18).into_font()))?;
+        return Ok(());
+    }
     let last_epoch = all().map(|p| p.0).fold(0.0, f64::max);
     let (lo, hi) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((hi - lo) * 0.06).max(1.0);

@@ -158,6 +158,10 @@ mod tests {
         vae_data::write_npy_i64(&dir.join("test_labels.npy"), &[200], &[1; 200]).unwrap();
         let err = draw("tsne");
         assert!(err.contains("test_latents.npy") && err.contains("[200, 0]"), "{err}");
+        // A history without the KL columns: the KL panel says so, the figure is drawn.
+        std::fs::write(dir.join("history.json"), r#"[{"epoch": 0, "train_loss": 200.0}]"#).unwrap();
+        let args = VizArgs::try_parse_from(["viz", "--run", dir.to_str().unwrap(), "--only", "loss"]).unwrap();
+        assert!(matches!(super::run(&args).unwrap()[0], (Figure::Loss, Outcome::Written(..))));
         std::fs::remove_dir_all(&dir).unwrap();
 
         let missing = dir.join("typo");
