@@ -22,7 +22,7 @@ pub struct BenchArgs {
     #[arg(long)]
     only: Vec<String>,
     /// Instead: our training step and encoder against PyTorch's
-    /// (crates/vae-train/benches/pytorch_step.py run by this Python, which must have torch),
+    /// (crates/bench/pytorch_step.py run by this Python, which must have torch),
     /// f32 and bf16 autocast, interleaved for --rounds rounds
     #[arg(long, value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
@@ -43,29 +43,56 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `vae-train`'s throughput bench; returns its standard output (streamed to the
-/// terminal as well unless `capture`).
+/// Each bench, in the crate that owns what it measures, with the sections it runs.
+const BENCHES: [(&str, &str, &[&str]); 4] = [
+    ("vae-bench", "throughput", &["peak", "step", "autograd"]),
+    ("vae-model", "model", &["ops", "encoder"]),
+    ("classifier", "svm", &["classifier"]),
+    ("viz", "tsne", &["tsne"]),
+];
+
+/// Runs the benches that hold the sections in `only` (all when empty); returns their
+/// standard output (streamed to the terminal as well unless `capture`).
 fn ours(quick: bool, only: &[String], capture: bool) -> anyhow::Result<String> {
-    let mut cmd = cargo();
-    cmd.args(["bench", "-p", "vae-train", "--bench", "throughput", "--"]);
-    if quick {
-        cmd.arg("--quick");
+    let known: Vec<&str> = BENCHES.iter().flat_map(|(_, _, sections)| sections.iter().copied()).collect();
+    if let Some(unknown) = only.iter().find(|s| !known.contains(&s.as_str())) {
+        bail!("unknown section '{unknown}' for --only: expected one of {}", known.join(", "));
     }
-    for section in only {
-        cmd.args(["--only", section]);
-    }
-    if !capture {
-        let status = cmd.status().context("running cargo bench")?;
-        if !status.success() {
-            bail!("the benchmark failed ({status})");
+    let mut stdout = String::new();
+    for (package, bench, sections) in BENCHES {
+        let wanted: Vec<&str> =
+            sections.iter().copied().filter(|s| only.is_empty() || only.iter().any(|o| o == s)).collect();
+        if wanted.is_empty() {
+            continue;
         }
-        return Ok(String::new());
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", package, "--bench", bench, "--"]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        if !only.is_empty() && sections.len() > 1 {
+            for section in wanted {
+                cmd.args(["--only", section]);
+            }
+        }
+        if !capture {
+            let status = cmd.status().context("running cargo bench")?;
+            if !status.success() {
+                bail!("the benchmark {package}/{bench} failed ({status})");
+            }
+            continue;
+        }
+        let output = cmd.output().context("running cargo bench")?;
+        if !output.status.success() {
+            bail!(
+                "the benchmark {package}/{bench} failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        stdout.push_str(&String::from_utf8_lossy(&output.stdout));
     }
-    let output = cmd.output().context("running cargo bench")?;
-    if !output.status.success() {
-        bail!("the benchmark failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(stdout)
 }
 
 /// The figures compared, as the lines of both benchmarks name them.
@@ -90,7 +117,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
-    let script = project_root().join("crates/vae-train/benches/pytorch_step.py");
+    let script = project_root().join("crates/bench/pytorch_step.py");
     let threads = std::thread::available_parallelism().map_or(2, usize::from).to_string();
     let torch = |bf16: bool| -> anyhow::Result<String> {
         let mut cmd = Command::new(python);

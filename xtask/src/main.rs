@@ -2,8 +2,9 @@
 //!
 //! - `cargo xtask pipeline`: train → latent features → classifier → figures → report.
 //! - `cargo xtask ci`: formatting, lints and tests, as CI runs them.
-//! - `cargo xtask bench`: the throughput benchmark (`vae-train`'s `throughput` bench), or
-//!   with `--pytorch PYTHON` our step and encoder beside PyTorch's.
+//! - `cargo xtask bench`: every crate's bench (`vae-bench`'s whole step and peaks,
+//!   `vae-model`'s layers and encoder, the classifier's fit, t-SNE), or with
+//!   `--pytorch PYTHON` our step and encoder beside PyTorch's.
 
 mod bench;
 mod html;
@@ -62,7 +63,12 @@ fn ci() -> anyhow::Result<()> {
     ];
     for step in steps {
         eprintln!("$ cargo {}", step.join(" "));
-        let status = cargo().args(step).status().with_context(|| format!("running cargo {}", step[0]))?;
+        // The slow end-to-end tests run here (a plain `cargo test` skips them).
+        let status = cargo()
+            .args(step)
+            .env("RUN_SLOW_TESTS", "1")
+            .status()
+            .with_context(|| format!("running cargo {}", step[0]))?;
         if !status.success() {
             bail!("cargo {} failed ({status})", step.join(" "));
         }

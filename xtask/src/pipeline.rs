@@ -12,9 +12,14 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
+use vae_data::run::{FIGURES, file, non_negative_finite, open_unit_interval, positive_finite, unit_interval};
 
 use crate::{cargo, project_root, report};
+
+/// The pipeline's own files in the run directory: the command and seconds of each stage
+/// that ran, and the lock held while a pipeline runs.
+const STAGES_DIR: &str = ".stages";
+const LOCK_FILE: &str = ".lock";
 
 /// Flags of `cargo xtask pipeline`.
 #[derive(Debug, Clone, Args)]
@@ -37,10 +42,11 @@ pub struct PipelineArgs {
     /// Seed of every random choice
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Training preset (vae-train --recipe): seed, the seed's stated settings
+    /// Training preset (vae-train --recipe): reference (or seed), the published reference
+    /// experiment's stated settings
     #[arg(
         long,
-        value_parser = ["seed"],
+        value_parser = ["reference", "seed"],
         conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
     )]
     pub recipe: Option<String>,
@@ -94,7 +100,7 @@ pub struct Stage {
     args: Vec<String>,
     inputs: Vec<PathBuf>,
     /// Files the stage writes, relative to the run directory.
-    pub outputs: Vec<&'static str>,
+    pub outputs: Vec<PathBuf>,
 }
 
 /// How a stage went.
@@ -123,9 +129,9 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     let epochs = args.epochs.unwrap_or(if args.quick { 1 } else { 20 });
     let mut train = vec!["--data".into(), data.clone(), "--out".into(), run.display().to_string()];
     train.extend(["--epochs".into(), epochs.to_string(), "--seed".into(), args.seed.to_string(), "--resume".into()]);
-    let mut features = vec!["--model".into(), path("model.safetensors"), "--data".into(), data.clone()];
+    let mut features = vec!["--model".into(), path(file::MODEL), "--data".into(), data.clone()];
     features.extend(["--out".into(), run.display().to_string()]);
-    let mut eval = vec!["--model".into(), path("model.safetensors"), "--data".into(), data.clone()];
+    let mut eval = vec!["--model".into(), path(file::MODEL), "--data".into(), data.clone()];
     eval.extend(["--out".into(), run.display().to_string(), "--seed".into(), args.seed.to_string()]);
     let mut viz = vec!["--run".into(), run.display().to_string(), "--data".into(), data, "--seed".into()];
     viz.push(args.seed.to_string());
@@ -161,66 +167,58 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
         viz.extend(["--tsne-points", "1000", "--tsne-iterations", "500"].map(String::from));
         eval.extend(["--test-limit", "500", "--k", "8"].map(String::from));
     }
-    let classifier = ["train_latents", "train_labels", "test_latents", "test_labels"];
+    let classifier = [file::TRAIN_LATENTS, file::TRAIN_LABELS, file::TEST_LATENTS, file::TEST_LABELS];
     let classifier_args = ["--train", "--train-labels", "--test", "--test-labels"]
         .iter()
         .zip(classifier)
-        .flat_map(|(flag, file)| [flag.to_string(), path(&format!("{file}.npy"))])
+        .flat_map(|(flag, name)| [flag.to_string(), path(name)])
         .chain(["--out".into(), run.display().to_string(), "--seed".into(), args.seed.to_string()])
-        .chain(["--rbf-samples".into(), if args.quick { "500" } else { "2000" }.into()])
+        .chain(["--rbf-samples".into(), if args.quick { "500" } else { "2000" }.into(), "--mu-probes".into()])
         .collect();
     let in_run = |names: &[&str]| names.iter().map(|n| run.join(n)).collect::<Vec<_>>();
+    let names = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
     vec![
         Stage {
             name: "train",
             binary: "vae-train",
             args: train,
             inputs: data_files(&args.data),
-            outputs: vec!["model.safetensors", "history.npy", "history.json", "samples.safetensors", "config.json"],
+            outputs: names(&[file::MODEL, file::HISTORY_NPY, file::HISTORY_JSON, file::SAMPLES, file::CONFIG]),
         },
         Stage {
             name: "eval",
             binary: "vae-eval",
             args: eval,
-            inputs: [in_run(&["model.safetensors"]), data_files(&args.data)].concat(),
-            outputs: vec!["eval.json"],
+            inputs: [in_run(&[file::MODEL]), data_files(&args.data)].concat(),
+            outputs: names(&[file::EVAL]),
         },
         Stage {
             name: "latent-features",
             binary: "latent-features",
             args: features,
-            inputs: [in_run(&["model.safetensors"]), data_files(&args.data)].concat(),
-            outputs: vec!["train_latents.npy", "test_latents.npy", "train_labels.npy", "test_labels.npy"],
+            inputs: [in_run(&[file::MODEL]), data_files(&args.data)].concat(),
+            outputs: names(&classifier),
         },
         Stage {
             name: "classifier",
             binary: "classifier",
             args: classifier_args,
-            inputs: in_run(&classifier.map(|f| format!("{f}.npy")).iter().map(String::as_str).collect::<Vec<_>>()),
-            outputs: vec!["metrics.json", "confusion.npy", "test_predictions.npy", "svm.safetensors"],
+            inputs: in_run(&classifier),
+            outputs: names(&[file::METRICS, file::CONFUSION, file::TEST_PREDICTIONS, file::SVM]),
         },
         Stage {
             name: "viz",
             binary: "viz",
             args: viz,
             inputs: in_run(&[
-                "samples.safetensors",
-                "history.json",
-                "test_latents.npy",
-                "confusion.npy",
-                "model.safetensors",
+                file::SAMPLES,
+                file::HISTORY_JSON,
+                file::TEST_LATENTS,
+                file::CONFUSION,
+                file::MODEL,
+                file::EVAL,
             ]),
-            outputs: vec![
-                "figures/originals.png",
-                "figures/generated.png",
-                "figures/progress.png",
-                "figures/reconstructions.png",
-                "figures/tsne.png",
-                "figures/confusion.png",
-                "figures/loss.png",
-                "figures/latent_traversal.png",
-                "figures/interpolation.png",
-            ],
+            outputs: FIGURES.iter().map(|f| Path::new(file::FIGURES_DIR).join(f.file)).collect(),
         },
     ]
 }
@@ -235,12 +233,12 @@ impl Stage {
     }
 
     fn stamp(&self, run: &Path) -> PathBuf {
-        run.join(".stages").join(format!("{}.cmd", self.name))
+        run.join(STAGES_DIR).join(format!("{}.cmd", self.name))
     }
 
     /// Where the wall-clock seconds of the stage's latest run are kept, for the report.
     fn timing(&self, run: &Path) -> PathBuf {
-        run.join(".stages").join(format!("{}.seconds", self.name))
+        run.join(STAGES_DIR).join(format!("{}.seconds", self.name))
     }
 
     /// Whether the outputs exist, are newer than every input, came from this command, and
@@ -269,7 +267,7 @@ struct RunLock(File);
 
 impl RunLock {
     fn acquire(run: &Path) -> anyhow::Result<Self> {
-        let path = run.join(".lock");
+        let path = run.join(LOCK_FILE);
         let mut file = File::options()
             .read(true)
             .write(true)
@@ -350,7 +348,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     if let Some(device) = args.device.as_deref().filter(|d| !is_device_name(d)) {
         bail!("unknown device '{device}': expected cpu, cuda or cuda:N");
     }
-    fs::create_dir_all(run.join(".stages")).with_context(|| format!("creating {}", run.display()))?;
+    fs::create_dir_all(run.join(STAGES_DIR)).with_context(|| format!("creating {}", run.display()))?;
     let _lock = RunLock::acquire(&run)?;
 
     eprintln!(
@@ -401,7 +399,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     let summary = report::write(&run, &results)?;
     println!("{summary}");
     println!("{}", report::headline(&run));
-    println!("report: {} (and report.html beside it, for a browser)", run.join("report.md").display());
+    println!("report: {} (and report.html beside it, for a browser)", run.join(file::REPORT_MD).display());
     Ok(())
 }
 
@@ -411,26 +409,25 @@ mod tests {
 
     #[test]
     fn a_second_pipeline_is_refused_and_a_dead_holders_lock_is_taken() {
-        let run = std::env::temp_dir().join(format!("xtask-lock-{}", std::process::id()));
-        fs::create_dir_all(&run).unwrap();
+        let run_tmp = tempfile::tempdir().unwrap();
+        let run = run_tmp.path().to_path_buf();
         let lock = RunLock::acquire(&run).unwrap();
-        assert_eq!(fs::read_to_string(run.join(".lock")).unwrap().trim(), std::process::id().to_string());
+        assert_eq!(fs::read_to_string(run.join(LOCK_FILE)).unwrap().trim(), std::process::id().to_string());
         let err = RunLock::acquire(&run).err().unwrap().to_string();
         assert!(err.contains("in use by another pipeline"), "{err}");
         drop(lock);
-        assert_eq!(fs::read_to_string(run.join(".lock")).unwrap(), "", "released: emptied, not deleted");
+        assert_eq!(fs::read_to_string(run.join(LOCK_FILE)).unwrap(), "", "released: emptied, not deleted");
         // A lock file left by a process that no longer exists holds no lock.
-        fs::write(run.join(".lock"), "4294967\n").unwrap();
+        fs::write(run.join(LOCK_FILE), "4294967\n").unwrap();
         drop(RunLock::acquire(&run).unwrap());
-        fs::remove_dir_all(run).unwrap();
     }
 
     /// Many simultaneous takers (each its own open file, as separate processes would
     /// have): exactly one gets the lock while it is held.
     #[test]
     fn exactly_one_of_many_simultaneous_takers_gets_the_lock() {
-        let run = std::env::temp_dir().join(format!("xtask-lock-race-{}", std::process::id()));
-        fs::create_dir_all(&run).unwrap();
+        let run_tmp = tempfile::tempdir().unwrap();
+        let run = run_tmp.path().to_path_buf();
         for round in 0..5 {
             let barrier = std::sync::Barrier::new(24);
             let taken: Vec<bool> = std::thread::scope(|scope| {
@@ -449,7 +446,6 @@ mod tests {
             });
             assert_eq!(taken.iter().filter(|&&t| t).count(), 1, "round {round}: {taken:?}");
         }
-        fs::remove_dir_all(run).unwrap();
     }
 
     #[test]

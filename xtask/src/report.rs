@@ -1,120 +1,135 @@
-//! `report.md`: the seed's write-up regenerated from a run's files, and the summary
+//! `report.md`: the reference's write-up regenerated from a run's files, and the summary
 //! table printed at the end of the pipeline.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::Value;
-use vae_data::run::HISTORY_COLUMNS;
-use vae_data::seed::{SEED_LOSSES, SEED_SVM};
+use vae_data::run::{
+    ClassifierSummary, EpochRecord, EvalSummary, FIGURES, FigureFile, Machine, Reference, Scores, TrainConfigSummary,
+    TsneSummary, file, read_json,
+};
 use vae_data::{KnownDataset, MNIST};
 
 use crate::pipeline::StageResult;
 
-/// Every figure the report shows, with its caption.
-pub const FIGURES: [(&str, &str); 9] = [
-    ("originals.png", "Test images (one row per class)"),
-    ("progress.png", "The same 64 prior draws decoded as training progresses"),
-    ("generated.png", "Generated images after training"),
-    ("reconstructions.png", "Test images (top) and their reconstructions (bottom)"),
-    ("loss.png", "Loss per epoch, with the seed's published points"),
-    ("tsne.png", "t-SNE of the test latents"),
-    ("confusion.png", "LinearSVC confusion matrix on the test latents"),
-    ("latent_traversal.png", "Decodings along each latent dimension"),
-    ("interpolation.png", "Decodings along straight lines between the latent means of two test images"),
-];
+/// One of the four LinearSVC scores.
+type Score = fn(&Scores) -> f64;
 
-fn read_json(path: &Path) -> Value {
+/// A JSON file of the run that is not typed by the contract (or `Null` if unreadable).
+fn read_value(path: &Path) -> Value {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
 }
 
-fn num(v: &Value) -> String {
-    v.as_f64().map_or("–".into(), |x| format!("{x:.2}"))
+/// `x` to two decimals, or a dash when there is none.
+fn fixed2(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{x:.2}"))
+}
+
+/// `x` to four decimals, or a dash when there is none.
+fn fixed4(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{x:.4}"))
 }
 
 /// The known dataset the run trained on, from the checksums in its `config.json`.
-fn dataset(config: &Value) -> Option<&'static KnownDataset> {
-    let sums = config["inputs_sha256"].as_object()?;
-    let checksums: Vec<(String, String)> =
-        sums.iter().filter_map(|(name, sum)| Some((name.clone(), sum.as_str()?.to_string()))).collect();
+fn dataset(config: &TrainConfigSummary) -> Option<&'static KnownDataset> {
+    let checksums: Vec<(String, String)> = config.inputs_sha256.clone().into_iter().collect();
     vae_data::identify(&checksums)
 }
 
 /// Writes `run/report.md`; returns the summary table (Markdown, also fine on a terminal).
-/// The seed's published figures appear beside this run's only when it trained on MNIST.
+/// The reference's published figures appear beside this run's only when it trained on MNIST.
 pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
-    let history = read_json(&run.join("history.json"));
-    let metrics = read_json(&run.join("metrics.json"));
-    let config = read_json(&run.join("config.json"));
-    let tsne = read_json(&run.join("figures/tsne.json"));
-    let eval = read_json(&run.join("eval.json"));
-    let epochs = history.as_array().cloned().unwrap_or_default();
-    let dataset = dataset(&config);
-    let with_seed = dataset.is_some_and(|d| d.name == MNIST.name);
+    let epochs: Vec<EpochRecord> = read_json(&run.join(file::HISTORY_JSON)).unwrap_or_default();
+    let metrics: Option<ClassifierSummary> = read_json(&run.join(file::METRICS)).ok();
+    let eval: Option<EvalSummary> = read_json(&run.join(file::EVAL)).ok();
+    let config = read_value(&run.join(file::CONFIG));
+    let training: Option<TrainConfigSummary> = read_json(&run.join(file::CONFIG)).ok();
+    let tsne: Option<TsneSummary> = read_json(&run.join(file::FIGURES_DIR).join(file::TSNE_JSON)).ok();
+    let dataset = training.as_ref().and_then(dataset);
+    let reference = dataset.is_some_and(|d| d.name == MNIST.name).then(Reference::published);
     let class_names: Vec<String> = match dataset {
         Some(d) => d.class_names.iter().map(|s| s.to_string()).collect(),
         None => (0..10).map(|k| k.to_string()).collect(),
     };
 
     let mut summary = String::new();
-    let cells = |h: Option<&Value>| -> [String; 3] {
-        ["train_loss", "test_loss", "test_loss_at_mean"].map(|key| h.map_or("–".into(), |h| num(&h[key])))
+    let cells = |h: Option<&EpochRecord>| -> [String; 3] {
+        let values: [fn(&EpochRecord) -> f64; 3] = [|h| h.train_loss, |h| h.test_loss, |h| h.test_loss_at_mean];
+        values.map(|value| fixed2(h.map(value)))
     };
-    if with_seed {
-        summary.push_str(
-            "| epoch | train loss | seed train | test loss, z sampled | test loss, z = mean | seed test (z = mean) |\n|---|---|---|---|---|---|\n",
-        );
-        for (epoch, seed_train, seed_test) in SEED_LOSSES {
-            let [train, test, at_mean] = cells(epochs.iter().find(|h| h["epoch"].as_u64() == Some(u64::from(epoch))));
-            writeln!(summary, "| {epoch} | {train} | {seed_train:.2} | {test} | {at_mean} | {seed_test:.2} |")?;
+    match &reference {
+        Some(published) => {
+            summary.push_str(
+                "| epoch | train loss | published train | test loss, z sampled | test loss, z = mean | published test (z = mean) |\n|---|---|---|---|---|---|\n",
+            );
+            for &(epoch, published_train, published_test) in &published.losses {
+                let [train, test, at_mean] = cells(epochs.iter().find(|h| h.epoch == epoch));
+                writeln!(
+                    summary,
+                    "| {epoch} | {train} | {published_train:.2} | {test} | {at_mean} | {published_test:.2} |"
+                )?;
+            }
         }
-    } else {
-        summary.push_str("| epoch | train loss | test loss, z sampled | test loss, z = mean |\n|---|---|---|---|\n");
-        for h in &epochs {
-            let [train, test, at_mean] = cells(Some(h));
-            writeln!(summary, "| {} | {train} | {test} | {at_mean} |", h["epoch"])?;
+        None => {
+            summary
+                .push_str("| epoch | train loss | test loss, z sampled | test loss, z = mean |\n|---|---|---|---|\n");
+            for h in &epochs {
+                let [train, test, at_mean] = cells(Some(h));
+                writeln!(summary, "| {} | {train} | {test} | {at_mean} |", h.epoch)?;
+            }
         }
     }
-    let seed_cell = |text: String| if with_seed { format!(" {text} |") } else { String::new() };
+    let published_cell = |text: String| if reference.is_some() { format!(" {text} |") } else { String::new() };
     writeln!(
         summary,
         "\n| LinearSVC (test) | this run |{}\n|---|---|{}",
-        seed_cell("seed".into()),
-        seed_cell("---".into())
+        published_cell("published".into()),
+        published_cell("---".into())
     )?;
-    let m = &metrics["metrics"];
-    for ((label, seed), key) in SEED_SVM.iter().zip(["accuracy", "macro_precision", "macro_recall", "macro_f1"]) {
-        let ours = m[key].as_f64().map_or("–".into(), |x| format!("{x:.4}"));
-        writeln!(summary, "| {label} | {ours} |{}", seed_cell(format!("{seed:.4}")))?;
+    let scores = metrics.as_ref().map(|m| &m.metrics);
+    let rows: [(&str, Score); 4] = [
+        ("accuracy", |s| s.accuracy),
+        ("macro precision", |s| s.macro_precision),
+        ("macro recall", |s| s.macro_recall),
+        ("macro F1", |s| s.macro_f1),
+    ];
+    for (label, value) in rows {
+        let published = reference.as_ref().map(|r| format!("{:.4}", value(&r.linear_svc))).unwrap_or_default();
+        writeln!(summary, "| {label} | {} |{}", fixed4(scores.map(value)), published_cell(published))?;
     }
-    if let Some([rows, _, accuracy]) = metrics["rbf"].as_array().map(Vec::as_slice) {
+    if let Some(rbf) = metrics.as_ref().and_then(|m| m.rbf.as_ref()) {
         writeln!(
             summary,
-            "| RBF-kernel SVM (linfa-svm, first {rows} training rows): accuracy | {} |{}",
-            accuracy.as_f64().map_or("–".into(), |x| format!("{x:.4}")),
-            seed_cell("–".into())
+            "| RBF-kernel SVM (linfa-svm, first {} training rows): accuracy | {:.4} |{}",
+            rbf.rows,
+            rbf.accuracy,
+            published_cell("–".into())
         )?;
     }
-    if eval.is_object() {
+    if let Some(p) = metrics.as_ref().and_then(|m| m.mu_probes.as_ref()) {
         writeln!(
             summary,
-            "\n| test log-likelihood (nats/image, {} images) | bound |\n|---|---|\n| ELBO (k = 1) | {} |\n| IWAE (k = {}) | {} |\n| loss at the posterior mean (not a bound) | {} |",
-            eval["images"],
-            num(&eval["elbo"]),
-            eval["k"],
-            num(&eval["iwae"]),
-            num(&eval["test_loss_at_mean"])
+            "| LinearSVC on mu alone: accuracy | {:.4} |{}",
+            p.linear_svc_accuracy,
+            published_cell("–".into())
         )?;
-        if let Some(kl) = eval["kl_per_dimension"].as_array() {
-            let kl: Vec<String> = kl.iter().map(num).collect();
-            writeln!(
-                summary,
-                "\nActive latent units (posterior mean variance > 0.01 over the test set): {} of {}; KL per dimension (nats): {}.",
-                eval["active_units"],
-                kl.len(),
-                kl.join(", ")
-            )?;
-        }
+        writeln!(summary, "| 10-NN on mu alone: accuracy | {:.4} |{}", p.knn10_accuracy, published_cell("–".into()))?;
+    }
+    if let Some(eval) = &eval {
+        writeln!(
+            summary,
+            "\n| test log-likelihood (nats/image, {} images) | bound |\n|---|---|\n| ELBO (k = 1) | {:.2} |\n| IWAE (k = {}) | {:.2} |\n| loss at the posterior mean (not a bound) | {:.2} |",
+            eval.images, eval.elbo, eval.k, eval.iwae, eval.test_loss_at_mean
+        )?;
+        let kl: Vec<String> = eval.kl_per_dimension.iter().map(|k| format!("{k:.2}")).collect();
+        writeln!(
+            summary,
+            "\nActive latent units (posterior mean variance > 0.01 over the test set): {} of {}; KL per dimension (nats): {}.",
+            eval.active_units,
+            kl.len(),
+            kl.join(", ")
+        )?;
     }
     summary.push_str("\n| stage | seconds |\n|---|---|\n");
     for s in stages {
@@ -132,113 +147,130 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
         "Run directory `{}`, generated by `cargo xtask pipeline` from the files the stages wrote.\n",
         run.display()
     )?;
-    if let (Some(cpu), Some(kernels)) = (config["machine"]["cpu"].as_str(), config["machine"]["gemm_kernels"].as_str())
-    {
-        writeln!(md, "Trained on: {cpu}, {kernels} matrix kernels, {} threads.\n", config["threads_used"])?;
+    if let Some(TrainConfigSummary { machine, threads_used, .. }) = &training {
+        let Machine { cpu, gemm_kernels } = machine;
+        writeln!(md, "Trained on: {cpu}, {gemm_kernels} matrix kernels, {threads_used} threads.\n")?;
     }
     md.push_str("## Summary\n\n");
     md.push_str(&summary);
     md.push_str("\n## Figures\n\n");
-    for (file, caption) in FIGURES {
-        writeln!(md, "### {caption}\n\n![{caption}](figures/{file})\n")?;
+    for FigureFile { file, caption } in FIGURES {
+        writeln!(md, "### {caption}\n\n![{caption}]({}/{file})\n", file::FIGURES_DIR)?;
     }
-    if tsne.is_object() {
+    if let Some(t) = &tsne {
         writeln!(
             md,
-            "t-SNE: {} points in {} s; 10-nearest-neighbour label agreement {} in the embedding, {} in the latent space.\n",
-            tsne["points"],
-            num(&tsne["seconds"]),
-            tsne["knn10_label_agreement_embedding"].as_f64().map_or("–".into(), |x| format!("{x:.4}")),
-            tsne["knn10_label_agreement_latent"].as_f64().map_or("–".into(), |x| format!("{x:.4}")),
+            "t-SNE: {} points in {:.2} s; 10-nearest-neighbour label agreement {:.4} in the embedding, {:.4} in the latent space.\n",
+            t.points, t.seconds, t.knn10_label_agreement_embedding, t.knn10_label_agreement_latent,
         )?;
     }
     md.push_str(
         "## Training history\n\nTest loss with one sampled z per image (the negative ELBO estimate) and with z = the \
-         posterior mean (the convention of the seed's published test losses).\n\n\
+         posterior mean (the convention of the published reference's test losses).\n\n\
          | epoch | train loss | train BCE | train KL | test loss, z sampled | test BCE | test KL | test loss, z = mean | test BCE, z = mean | seconds | images/s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    // Every column of history.npy but the epoch and the at-mean KL (the same KL).
-    let columns = &HISTORY_COLUMNS[1..HISTORY_COLUMNS.len() - 1];
     for h in &epochs {
-        let cells: Vec<String> = columns.iter().chain(&["seconds"]).map(|k| num(&h[*k])).collect();
-        writeln!(
-            md,
-            "| {} | {} | {:.0} |",
-            h["epoch"],
-            cells.join(" | "),
-            h["images_per_sec"].as_f64().unwrap_or(0.0)
-        )?;
+        // Every column of history.npy but the epoch and the at-mean KL (the same KL).
+        let columns = h.columns();
+        let cells: Vec<String> =
+            columns[1..columns.len() - 1].iter().chain([&h.seconds]).map(|x| format!("{x:.2}")).collect();
+        writeln!(md, "| {} | {} | {:.0} |", h.epoch, cells.join(" | "), h.images_per_sec)?;
     }
     md.push_str("\n## LinearSVC\n\n");
-    if let Some(matrix) = metrics["confusion"].as_array() {
+    if let Some(m) = &metrics {
         writeln!(
             md,
             "Confusion matrix (rows: true class, columns: predicted):\n\n|   | {} |\n|---|{}",
             class_names.join(" | "),
             "---|".repeat(class_names.len())
         )?;
-        for (row, name) in matrix.iter().zip(&class_names) {
-            let cells: Vec<String> = row.as_array().into_iter().flatten().map(Value::to_string).collect();
+        for (row, name) in m.confusion.iter().zip(&class_names) {
+            let cells: Vec<String> = row.iter().map(u64::to_string).collect();
             writeln!(md, "| **{name}** | {} |", cells.join(" | "))?;
         }
         writeln!(
             md,
-            "\nFit: {} s, {} passes at most, converged: {}; training accuracy {}.",
-            num(&metrics["fit_seconds"]),
-            metrics["iterations"],
-            metrics["converged"],
-            metrics["train_accuracy"].as_f64().map_or("–".into(), |x| format!("{x:.4}"))
+            "\nFit: {:.2} s, {} passes at most, converged: {}; training accuracy {:.4}.",
+            m.fit_seconds, m.iterations, m.converged, m.train_accuracy
         )?;
     }
     md.push_str("\n## Configuration\n\n```json\n");
     md.push_str(&serde_json::to_string_pretty(&config)?);
     md.push_str("\n```\n");
-    vae_data::write_atomic(&run.join("report.md"), md.as_bytes())?;
+    vae_data::write_atomic(&run.join(file::REPORT_MD), md.as_bytes())?;
     let title = format!("VAE run report: {}", run.file_name().map_or(String::new(), |n| n.to_string_lossy().into()));
-    vae_data::write_atomic(&run.join("report.html"), crate::html::from_markdown(&md, &title).as_bytes())?;
+    vae_data::write_atomic(&run.join(file::REPORT_HTML), crate::html::from_markdown(&md, &title).as_bytes())?;
     Ok(summary)
 }
 
 /// One line of the run's headline figures: the final test loss in both conventions and
 /// the LinearSVC's test accuracy.
 pub fn headline(run: &Path) -> String {
-    let history = read_json(&run.join("history.json"));
-    let last = history.as_array().and_then(|h| h.last()).cloned().unwrap_or(Value::Null);
-    let accuracy = read_json(&run.join("metrics.json"))["metrics"]["accuracy"].as_f64();
+    let history: Vec<EpochRecord> = read_json(&run.join(file::HISTORY_JSON)).unwrap_or_default();
+    let last = history.last();
+    let metrics: Option<ClassifierSummary> = read_json(&run.join(file::METRICS)).ok();
     format!(
         "after epoch {}: test loss {} (z sampled) / {} (z = mean); LinearSVC test accuracy {}",
-        last["epoch"],
-        num(&last["test_loss"]),
-        num(&last["test_loss_at_mean"]),
-        accuracy.map_or("–".into(), |a| format!("{a:.4}"))
+        last.map_or("–".into(), |h| h.epoch.to_string()),
+        fixed2(last.map(|h| h.test_loss)),
+        fixed2(last.map(|h| h.test_loss_at_mean)),
+        fixed4(metrics.map(|m| m.metrics.accuracy))
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vae_data::run::MuProbes;
 
     #[test]
-    fn seed_figures_and_class_names_follow_the_dataset() {
-        let run = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
-        std::fs::create_dir_all(&run).unwrap();
-        let history = r#"[{"epoch":0,"train_loss":263.3,"test_loss":250.6}]"#;
-        std::fs::write(run.join("history.json"), history).unwrap();
-        let confusion: Vec<Vec<u32>> = (0..10).map(|i| (0..10).map(|j| u32::from(i == j) * 100).collect()).collect();
-        let metrics = serde_json::json!({"metrics": {"accuracy": 1.0}, "confusion": confusion});
-        std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
-        for (dataset, with_seed, class) in [(&vae_data::FASHION_MNIST, false, "Ankle boot"), (&MNIST, true, "9")] {
-            let sums: serde_json::Map<String, Value> =
-                dataset.sha256.iter().map(|(name, sum)| (name.to_string(), Value::from(*sum))).collect();
-            let config = serde_json::json!({ "inputs_sha256": sums });
-            std::fs::write(run.join("config.json"), config.to_string()).unwrap();
+    fn published_figures_and_class_names_follow_the_dataset() {
+        let run_tmp = tempfile::tempdir().unwrap();
+        let run = run_tmp.path().to_path_buf();
+        let record = EpochRecord {
+            epoch: 0,
+            train_loss: 263.3,
+            train_bce: 250.0,
+            train_kl: 13.3,
+            test_loss: 250.6,
+            test_bce: 240.0,
+            test_kl: 10.6,
+            test_loss_at_mean: 245.0,
+            test_bce_at_mean: 234.4,
+            test_kl_at_mean: 10.6,
+            seconds: 1.0,
+            images_per_sec: 100.0,
+        };
+        std::fs::write(run.join(file::HISTORY_JSON), serde_json::to_string(&[record]).unwrap()).unwrap();
+        let confusion: Vec<Vec<u64>> = (0..10).map(|i| (0..10).map(|j| u64::from(i == j) * 100).collect()).collect();
+        let scores = Scores { accuracy: 1.0, macro_precision: 1.0, macro_recall: 1.0, macro_f1: 1.0 };
+        let metrics = ClassifierSummary {
+            metrics: scores,
+            confusion,
+            train_accuracy: 1.0,
+            converged: true,
+            iterations: 3,
+            fit_seconds: 0.5,
+            rbf: None,
+            mu_probes: Some(MuProbes { linear_svc_accuracy: 0.875, knn10_accuracy: 0.9125 }),
+        };
+        std::fs::write(run.join(file::METRICS), serde_json::to_string(&metrics).unwrap()).unwrap();
+        for (dataset, with_reference, class) in [(&vae_data::FASHION_MNIST, false, "Ankle boot"), (&MNIST, true, "9")] {
+            let config = TrainConfigSummary {
+                machine: Machine { cpu: "a test CPU".into(), gemm_kernels: "AVX2+FMA".into() },
+                threads_used: 2,
+                inputs_sha256: dataset.sha256.iter().map(|(name, sum)| (name.to_string(), sum.to_string())).collect(),
+            };
+            std::fs::write(run.join(file::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
             let summary = write(&run, &[]).unwrap();
             let report = std::fs::read_to_string(run.join("report.md")).unwrap();
             assert!(report.starts_with(&format!("# VAE on {}:", dataset.name)), "{report}");
-            assert_eq!(summary.contains("seed train") && summary.contains("0.9316"), with_seed, "{summary}");
+            assert!(report.contains("Trained on: a test CPU, AVX2+FMA matrix kernels, 2 threads."), "{report}");
+            assert!(summary.contains("| 10-NN on mu alone: accuracy | 0.9125 |"), "{summary}");
+            assert_eq!(summary.contains("published train") && summary.contains("0.9316"), with_reference, "{summary}");
+            assert!(summary.contains("| 0 | 263.30 |") && summary.contains("| accuracy | 1.0000 |"), "{summary}");
             assert!(report.contains(&format!("| **{class}** | ")), "{report}");
         }
-        std::fs::remove_dir_all(run).unwrap();
     }
 }

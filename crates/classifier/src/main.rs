@@ -1,21 +1,18 @@
 //! The `classifier` binary: parses the flags, calls [`classifier::run`] and prints the
-//! seed's summary.
+//! reference's summary.
 
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let args = classifier::ClassifierArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    vae_data::cli::init(None);
     let report = classifier::run(&args)?;
     println!("{}", classifier::summary(&report));
     tracing::info!(
-        fit_seconds = format!("{:.2}", report.fit_seconds),
-        iterations = report.iterations,
-        converged = report.converged,
-        train_accuracy = format!("{:.4}", report.train_accuracy),
+        fit_seconds = format!("{:.2}", report.summary.fit_seconds),
+        iterations = report.summary.iterations,
+        converged = report.summary.converged,
+        train_accuracy = format!("{:.4}", report.summary.train_accuracy),
         "fitted LinearSVC"
     );
     Ok(())

@@ -39,6 +39,12 @@ pub fn confusion_matrix(truth: &[usize], predicted: &[usize], classes: usize) ->
 }
 
 impl Metrics {
+    /// The four scores of the run directory's contract (`metrics.json`).
+    pub fn scores(&self) -> vae_data::run::Scores {
+        let Self { accuracy, macro_precision, macro_recall, macro_f1, .. } = *self;
+        vae_data::run::Scores { accuracy, macro_precision, macro_recall, macro_f1 }
+    }
+
     /// Metrics of a `matrix[true][predicted]` confusion matrix.
     pub fn from_confusion(m: &[Vec<u64>]) -> Self {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
@@ -90,7 +96,7 @@ mod tests {
         // (`prediction.confusion_matrix(ground_truth)`), agrees on accuracy but has
         // precision and recall swapped relative to scikit-learn; its multi-class F1 is
         // the harmonic mean of the two macro averages, not the mean of the per-class F1
-        // scores that scikit-learn (and the seed) report. Hence our own metrics.
+        // scores that scikit-learn (and the reference experiment) report. Hence our own metrics.
         let cm = Array1::from(predicted.to_vec()).confusion_matrix(Array1::from(truth.to_vec())).unwrap();
         assert!((f64::from(cm.accuracy()) - metrics.accuracy).abs() < 1e-6);
         assert!((f64::from(cm.precision()) - metrics.macro_recall).abs() < 1e-6, "{}", cm.precision());

@@ -57,10 +57,10 @@ impl RbfSvm {
             .map(|k| {
                 let targets: Array1<bool> = y.mapv(|l| l == k);
                 let data = Dataset::new(x.to_owned(), targets);
-                Svm::<f64, bool>::params().pos_neg_weights(params.c, params.c).gaussian_kernel(width).fit(&data)
+                let svm = Svm::<f64, bool>::params().pos_neg_weights(params.c, params.c).gaussian_kernel(width);
+                svm.fit(&data).map_err(|source| ClassifierError::Rbf { class: k, source })
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClassifierError::Params(format!("RBF SVM: {e}")))?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { models, width })
     }
 

@@ -11,14 +11,14 @@ use anyhow::{Context, ensure};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use vae_data::run::file;
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split, write_npy_f32, write_npy_i64};
 use vae_model::{CpuStep, Vae};
 
 /// Which posterior parameters make up the features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum Features {
-    /// Means and log-variances concatenated, `2 × latent_dim` columns (the seed's choice)
+    /// Means and log-variances concatenated, `2 × latent_dim` columns (the reference's choice)
     MuLogvar,
     /// Means only, `latent_dim` columns
     Mu,
@@ -31,9 +31,9 @@ pub struct LatentArgs {
     /// Trained weights, e.g. runs/NAME/model.safetensors (PyTorch state_dict names)
     #[arg(long)]
     pub model: PathBuf,
-    /// Directory with the IDX files (raw or .gz)
-    #[arg(long, default_value = "data/mnist")]
-    pub data: PathBuf,
+    /// --data: the dataset directory
+    #[command(flatten)]
+    pub data: vae_data::cli::DataArgs,
     /// Directory for {train,test}_latents.npy and {train,test}_labels.npy
     #[arg(long)]
     pub out: PathBuf,
@@ -43,15 +43,12 @@ pub struct LatentArgs {
     /// Images per forward pass
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// Encode only the first N training images
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub train_limit: Option<u32>,
-    /// Encode only the first N test images
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub test_limit: Option<u32>,
-    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// --train-limit, --test-limit: only the first images of each split
+    #[command(flatten)]
+    pub limits: vae_data::cli::LimitArgs,
+    /// --device: where the model runs
+    #[command(flatten)]
+    pub device: vae_data::cli::DeviceArgs,
 }
 
 /// What encodes the images: the hand-written CPU kernels ([`CpuStep::encode`]) on the
@@ -95,11 +92,7 @@ pub fn encode_split(
     name: &str,
 ) -> anyhow::Result<(usize, usize, Vec<f32>)> {
     let indices: Vec<usize> = (0..split.len()).collect();
-    let bar = ProgressBar::new(split.len() as u64).with_prefix(name.to_string());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let bar = vae_data::cli::progress_bar(split.len() as u64, name, "images");
     let started = Instant::now();
     let mut out = Vec::new();
     for batch in indices.chunks(batch_size) {
@@ -133,7 +126,7 @@ pub fn encode_split(
 
 /// Loads the model and the dataset, encodes both splits and writes the four files.
 pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
-    let device = vae_model::device(&args.device)?;
+    let device = vae_model::device(&args.device.name)?;
     let (vae, varmap, extra) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     let mut encoder = Encoder::new(&vae, &varmap, &device)?;
@@ -147,26 +140,26 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
         "model": args.model,
         "model_sha256": vae_data::sha256_file(&args.model)?,
         "features": args.features,
-        "data": args.data,
+        "data": args.data.dir,
     });
-    for (kind, limit, name, label) in [
-        (SplitKind::Train, args.train_limit, "train", "Training"),
-        (SplitKind::Test, args.test_limit, "test", "Testing"),
+    for (kind, limit, name, label, (latents, labels)) in [
+        (SplitKind::Train, args.limits.train_limit, "train", "Training", (file::TRAIN_LATENTS, file::TRAIN_LABELS)),
+        (SplitKind::Test, args.limits.test_limit, "test", "Testing", (file::TEST_LATENTS, file::TEST_LABELS)),
     ] {
-        let mut split = load_split(&args.data, kind).with_context(|| format!("loading the {name} set"))?;
+        let mut split = load_split(&args.data.dir, kind).with_context(|| format!("loading the {name} set"))?;
         if let Some(n) = limit {
             split.truncate(n as usize);
         }
-        ensure!(!split.is_empty(), "the {name} set in {} is empty", args.data.display());
+        ensure!(!split.is_empty(), "the {name} set in {} is empty", args.data.dir.display());
         let (rows, cols, features) = encode_split(&mut encoder, &split, args.features, args.batch_size as usize, name)?;
         println!("Shape of {label} data :  ({rows}, {cols})");
-        write_npy_f32(&args.out.join(format!("{name}_latents.npy")), &[rows, cols], &features)?;
-        let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
-        write_npy_i64(&args.out.join(format!("{name}_labels.npy")), &[rows], &labels)?;
+        write_npy_f32(&args.out.join(latents), &[rows, cols], &features)?;
+        let classes: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+        write_npy_i64(&args.out.join(labels), &[rows], &classes)?;
         record[format!("{name}_shape")] = serde_json::json!([rows, cols]);
         record[format!("{name}_inputs_sha256")] = serde_json::json!(split.checksums);
     }
-    let path = args.out.join("latent_features.json");
+    let path = args.out.join(file::LATENT_FEATURES);
     vae_data::write_atomic(&path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     Ok(())
 }

@@ -76,8 +76,8 @@ mod tests {
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temporary() {
-        let dir = std::env::temp_dir().join(format!("vae-data-atomic-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir_tmp = tempfile::tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         let path = dir.join("out.bin");
         write_atomic(&path, b"first").unwrap();
         write_atomic(&path, b"second").unwrap();
@@ -86,14 +86,13 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(fs::read(&path).unwrap(), b"second", "a failed write keeps the old file");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(target_os = "linux")]
     #[test]
     fn a_write_removes_temporaries_of_killed_writers_only() {
-        let dir = std::env::temp_dir().join(format!("vae-data-stale-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir_tmp = tempfile::tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         let mut finished = std::process::Command::new("true").spawn().unwrap();
         let dead = finished.id();
         finished.wait().unwrap();
@@ -108,7 +107,6 @@ mod tests {
         assert!(!stale.exists(), "a dead writer's temporary is removed");
         assert!(in_progress.exists(), "a live writer's temporary is kept");
         assert!(other_file.exists(), "another file's temporary is left to its own writes");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(target_os = "linux")]

@@ -217,11 +217,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn tmp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vae-data-idx-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A temporary directory named `…name`, removed when it is dropped.
+    fn tmp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().suffix(name).tempdir().unwrap()
     }
 
     fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -240,12 +238,13 @@ mod tests {
     }
 
     /// Writes a 3-image split with the given label bytes; returns its directory.
-    fn write_split(name: &str, labels: &[u8]) -> PathBuf {
-        let dir = tmp_dir(name);
+    fn write_split(name: &str, labels: &[u8]) -> tempfile::TempDir {
+        let tmp = tmp_dir(name);
+        let dir = tmp.path();
         let pixels: Vec<u8> = (0..3 * 784).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx_bytes(&[3, 28, 28], &pixels)).unwrap();
         std::fs::write(dir.join("t10k-labels-idx1-ubyte.gz"), gz(&idx_bytes(&[labels.len() as u32], labels))).unwrap();
-        dir
+        tmp
     }
 
     fn reason(err: DataError) -> String {
@@ -254,8 +253,9 @@ mod tests {
 
     #[test]
     fn round_trip_raw_and_gzip() {
-        let dir = write_split("roundtrip", &[7, 0, 9]);
-        let split = load_split(&dir, SplitKind::Test).unwrap();
+        let dir_tmp = write_split("roundtrip", &[7, 0, 9]);
+        let dir = dir_tmp.path();
+        let split = load_split(dir, SplitKind::Test).unwrap();
         assert_eq!(split.len(), 3);
         assert_eq!(split.labels, vec![7, 0, 9]);
         assert_eq!(split.image(2)[0], (2 * 784 % 251) as u8);
@@ -310,51 +310,58 @@ mod tests {
             ("wrong-side", idx_bytes(&[4, 14, 14], &pixels), "14x14"),
         ];
         for (name, bytes, expected) in cases {
-            let dir = write_split(name, &[1]);
+            let dir_tmp = write_split(name, &[1]);
+            let dir = dir_tmp.path();
             std::fs::write(dir.join("t10k-images-idx3-ubyte"), &bytes).unwrap();
-            let err = reason(load_split(&dir, SplitKind::Test).unwrap_err());
+            let err = reason(load_split(dir, SplitKind::Test).unwrap_err());
             assert!(err.contains(expected), "{name}: {err}");
             assert!(err.contains("t10k-images-idx3-ubyte"), "{name}: error names the file: {err}");
             // The same bytes, gzip-compressed, must fail the same way.
             std::fs::remove_file(dir.join("t10k-images-idx3-ubyte")).unwrap();
             std::fs::write(dir.join("t10k-images-idx3-ubyte.gz"), gz(&bytes)).unwrap();
-            let err = reason(load_split(&dir, SplitKind::Test).unwrap_err());
+            let err = reason(load_split(dir, SplitKind::Test).unwrap_err());
             assert!(err.contains(expected), "{name} (gz): {err}");
         }
     }
 
     #[test]
     fn gzip_damage_label_range_and_count_mismatch_are_errors() {
-        let dir = write_split("count", &[1, 2]);
-        assert!(reason(load_split(&dir, SplitKind::Test).unwrap_err()).contains("2 labels for 3 images"));
+        let dir_tmp = write_split("count", &[1, 2]);
+        let dir = dir_tmp.path();
+        assert!(reason(load_split(dir, SplitKind::Test).unwrap_err()).contains("2 labels for 3 images"));
 
-        let dir = write_split("range", &[1, 12, 3]);
-        assert!(reason(load_split(&dir, SplitKind::Test).unwrap_err()).contains("label 12 at index 1"));
+        let dir_tmp = write_split("range", &[1, 12, 3]);
+        let dir = dir_tmp.path();
+        assert!(reason(load_split(dir, SplitKind::Test).unwrap_err()).contains("label 12 at index 1"));
 
-        let dir = write_split("not-gzip", &[1, 2, 3]);
+        let dir_tmp = write_split("not-gzip", &[1, 2, 3]);
+        let dir = dir_tmp.path();
         std::fs::write(dir.join("t10k-labels-idx1-ubyte.gz"), idx_bytes(&[3], &[1, 2, 3])).unwrap();
-        assert!(reason(load_split(&dir, SplitKind::Test).unwrap_err()).contains("gzip"));
+        assert!(reason(load_split(dir, SplitKind::Test).unwrap_err()).contains("gzip"));
 
-        let dir = write_split("cut-gzip", &[1, 2, 3]);
+        let dir_tmp = write_split("cut-gzip", &[1, 2, 3]);
+        let dir = dir_tmp.path();
         let full = gz(&idx_bytes(&[3], &[1, 2, 3]));
         std::fs::write(dir.join("t10k-labels-idx1-ubyte.gz"), &full[..full.len() - 6]).unwrap();
-        assert!(load_split(&dir, SplitKind::Test).is_err());
+        assert!(load_split(dir, SplitKind::Test).is_err());
 
-        let dir = write_split("missing", &[1, 2, 3]);
+        let dir_tmp = write_split("missing", &[1, 2, 3]);
+        let dir = dir_tmp.path();
         std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
-        assert!(reason(load_split(&dir, SplitKind::Test).unwrap_err()).contains("t10k-labels-idx1-ubyte"));
+        assert!(reason(load_split(dir, SplitKind::Test).unwrap_err()).contains("t10k-labels-idx1-ubyte"));
     }
 
     #[test]
     fn checksum_mismatch_is_an_error() {
-        let dir = write_split("checksum", &[1, 2, 3]);
-        let good = load_split(&dir, SplitKind::Test).unwrap();
+        let dir_tmp = write_split("checksum", &[1, 2, 3]);
+        let dir = dir_tmp.path();
+        let good = load_split(dir, SplitKind::Test).unwrap();
         let (name, sum) = &good.checksums[0];
         std::fs::write(dir.join(Manifest::FILE_NAME), format!("{sum}  {name}\n")).unwrap();
-        load_split(&dir, SplitKind::Test).unwrap();
+        load_split(dir, SplitKind::Test).unwrap();
         let wrong = "0".repeat(64);
         std::fs::write(dir.join(Manifest::FILE_NAME), format!("{wrong}  {name}\n")).unwrap();
-        let err = reason(load_split(&dir, SplitKind::Test).unwrap_err());
+        let err = reason(load_split(dir, SplitKind::Test).unwrap_err());
         assert!(err.contains("does not match"), "{err}");
     }
 }

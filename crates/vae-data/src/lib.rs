@@ -8,12 +8,15 @@
 
 mod atomic;
 mod checksum;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod error;
 mod idx;
 mod known;
 mod npy;
 pub mod run;
-pub mod seed;
+pub mod testing;
+pub mod timing;
 
 pub use atomic::{process_running, write_atomic, write_atomic_with};
 pub use checksum::{Manifest, sha256_file, sha256_hex};
@@ -55,8 +58,8 @@ mod mutation_tests {
 
     #[test]
     fn damaged_idx_and_npy_files_never_panic() {
-        let dir = std::env::temp_dir().join(format!("vae-data-mutation-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir_tmp = tempfile::tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
         idx.extend((0..2 * 784).map(|i| (i % 256) as u8));
         let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 3, 9];
@@ -84,6 +87,5 @@ mod mutation_tests {
             }
         }
         assert!(failed > 1000 && ok > 10, "mutations exercised both paths: {ok} loaded, {failed} refused");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

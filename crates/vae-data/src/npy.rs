@@ -217,10 +217,9 @@ fn quoted(s: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vae-data-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    /// A temporary file named `…name`, removed when the returned path is dropped.
+    fn tmp(name: &str) -> tempfile::TempPath {
+        tempfile::Builder::new().suffix(name).tempfile().unwrap().into_temp_path()
     }
 
     fn raw_npy(header: &str, body: &[u8]) -> Vec<u8> {

@@ -10,6 +10,23 @@ pub enum VaeError {
     /// The configuration or an input does not fit the model.
     #[error("{0}")]
     Config(String),
+    /// A batch given to the CPU step does not fit the model.
+    #[error("cpu step: {0}")]
+    BadBatch(String),
+    /// A parameter given to the CPU step is missing or unusable.
+    #[error("cpu step: parameter {name} {reason}")]
+    BadParameter {
+        /// The parameter's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A lock was poisoned: a thread panicked while holding it.
+    #[error("{what} is unusable: a thread panicked while holding its lock")]
+    LockPoisoned {
+        /// What the lock guards.
+        what: &'static str,
+    },
     /// A weights file lacks a tensor the model needs.
     #[error("{file}: tensor '{name}' is missing")]
     MissingTensor {

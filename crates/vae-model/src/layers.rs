@@ -215,16 +215,11 @@ mod tests {
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
+    /// Seeded values in [-1, 1) (candle's own generator cannot be seeded).
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        // A small LCG: deterministic values in [-1, 1) without candle's unseeded RNG.
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 

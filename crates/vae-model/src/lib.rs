@@ -1,13 +1,7 @@
-//! The convolutional VAE of the seed experiment, in [candle].
+//! The convolutional VAE of the published reference experiment, in [candle].
 //!
-//! Architecture (ReLU after every hidden layer):
-//!
-//! ```text
-//! Encoder  conv1 Conv2d(1,16,3) → conv2 Conv2d(16,32,3) → flatten 18432
-//!          → linear 18432→512 → linear2 512→256 → mu 256→10, var 256→10 (log-variance)
-//! Decoder  linear 10→256 → linear2 256→512 → linear3 512→18432 → reshape (32,24,24)
-//!          → deconv1 ConvTranspose2d(32,16,3) → deconv2 ConvTranspose2d(16,1,3) → sigmoid
-//! ```
+//! The architecture is one table, [`VaeConfig::layers`] (see there for the picture);
+//! the candle graph here, the parameter list and the CPU step are all derived from it.
 //!
 //! Tensor names and layouts are those of the PyTorch module's `state_dict`
 //! (`enc.conv1.weight`, …, `dec.deconv2.bias`), so a safetensors file exported from
@@ -40,6 +34,7 @@
 //! # }
 //! ```
 
+mod arch;
 pub mod cpu;
 mod error;
 mod layers;
@@ -49,6 +44,7 @@ mod weights;
 use candle_core::{D, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+pub use arch::{KERNEL, Layer, LayerKind, Layers, VaeConfig};
 pub use cpu::{BatchLoss, CpuStep};
 pub use error::{Result, VaeError};
 pub use layers::{Conv2d, ConvTranspose2d, Linear, col2im_add, im2col};
@@ -76,132 +72,45 @@ pub fn device(spec: &str) -> Result<Device> {
     })
 }
 
-/// Shape of the model. The defaults are the seed experiment's.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VaeConfig {
-    /// Dimension of the latent space (10 in the seed).
-    pub latent_dim: usize,
-    /// Channels of the input images (1 for MNIST).
-    pub image_channels: usize,
-    /// Height and width of the (square) input images (28 for MNIST).
-    pub image_size: usize,
-    /// Output channels of the two 3×3 convolutions.
-    pub conv_channels: [usize; 2],
-    /// Widths of the two hidden fully-connected layers.
-    pub hidden: [usize; 2],
-}
-
-impl Default for VaeConfig {
-    fn default() -> Self {
-        Self { latent_dim: 10, image_channels: 1, image_size: 28, conv_channels: [16, 32], hidden: [512, 256] }
-    }
-}
-
-/// Side length of every convolution kernel.
-pub const KERNEL: usize = 3;
-
-impl VaeConfig {
-    /// Side of the feature map after the two unpadded 3×3 convolutions (24 for 28).
-    pub fn feature_side(&self) -> usize {
-        self.image_size - 2 * (KERNEL - 1)
-    }
-
-    /// Width of the flattened feature map (18432 for the seed).
-    pub fn flat_features(&self) -> usize {
-        self.conv_channels[1] * self.feature_side() * self.feature_side()
-    }
-
-    /// Number of pixel values in one image.
-    pub fn pixels(&self) -> usize {
-        self.image_channels * self.image_size * self.image_size
-    }
-
-    /// Checks that the sizes are usable (an image large enough for two convolutions,
-    /// no zero widths).
-    pub fn validate(&self) -> Result<()> {
-        let widths = [self.latent_dim, self.image_channels, self.conv_channels[0], self.conv_channels[1]];
-        if widths.contains(&0) || self.hidden.contains(&0) || self.image_size < 2 * KERNEL - 1 {
-            return Err(VaeError::Config(format!("unusable model sizes: {self:?}")));
-        }
-        Ok(())
-    }
-}
-
-/// The encoder: two convolutions and three fully-connected layers to (mu, logvar).
+/// One layer of the candle graph, built from its row of the layer table.
 #[derive(Debug, Clone)]
-pub struct Encoder {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    linear: Linear,
-    linear2: Linear,
-    mu: Linear,
-    var: Linear,
+enum Op {
+    Conv(Conv2d),
+    Linear(Linear),
+    Deconv(ConvTranspose2d),
 }
 
-impl Encoder {
-    fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        let [c1, c2] = cfg.conv_channels;
-        let [h1, h2] = cfg.hidden;
-        Ok(Self {
-            conv1: Conv2d::new(cfg.image_channels, c1, KERNEL, vb.pp("conv1"))?,
-            conv2: Conv2d::new(c1, c2, KERNEL, vb.pp("conv2"))?,
-            linear: Linear::new(cfg.flat_features(), h1, vb.pp("linear"))?,
-            linear2: Linear::new(h1, h2, vb.pp("linear2"))?,
-            mu: Linear::new(h2, cfg.latent_dim, vb.pp("mu"))?,
-            var: Linear::new(h2, cfg.latent_dim, vb.pp("var"))?,
+impl Op {
+    /// The layer's module, its parameters read from `vb` under the layer's name.
+    fn new(layer: &Layer, vb: &VarBuilder) -> Result<Self> {
+        let (inputs, outputs, vb) = (layer.inputs, layer.outputs, vb.pp(layer.name));
+        Ok(match layer.kind {
+            LayerKind::Conv => Self::Conv(Conv2d::new(inputs, outputs, KERNEL, vb)?),
+            LayerKind::Linear => Self::Linear(Linear::new(inputs, outputs, vb)?),
+            LayerKind::Deconv => Self::Deconv(ConvTranspose2d::new(inputs, outputs, KERNEL, vb)?),
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self.conv1.forward(x)?.relu()?;
-        let h = self.conv2.forward(&h)?.relu()?.flatten_from(1)?;
-        let h = self.linear.forward(&h)?.relu()?;
-        let h = self.linear2.forward(&h)?.relu()?;
-        Ok((self.mu.forward(&h)?, self.var.forward(&h)?))
+    /// Applies the layer (and its ReLU) to `x`, first flattening or reshaping `x` to the
+    /// layer's input: `(B, features)` for a linear layer, `(B, channels, side, side)` for a
+    /// convolution.
+    fn forward(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let y = match self {
+            Self::Linear(op) => op.forward(&x.flatten_from(1)?)?,
+            Self::Conv(op) => op.forward(&x.reshape((b, layer.inputs, layer.side, layer.side))?)?,
+            Self::Deconv(op) => op.forward(&x.reshape((b, layer.inputs, layer.side, layer.side))?)?,
+        };
+        Ok(if layer.relu { y.relu()? } else { y })
     }
 }
 
-/// The decoder: three fully-connected layers and two transposed convolutions.
-#[derive(Debug, Clone)]
-pub struct Decoder {
-    linear: Linear,
-    linear2: Linear,
-    linear3: Linear,
-    deconv1: ConvTranspose2d,
-    deconv2: ConvTranspose2d,
-    feature_shape: (usize, usize, usize),
-}
-
-impl Decoder {
-    fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        let [c1, c2] = cfg.conv_channels;
-        let [h1, h2] = cfg.hidden;
-        Ok(Self {
-            linear: Linear::new(cfg.latent_dim, h2, vb.pp("linear"))?,
-            linear2: Linear::new(h2, h1, vb.pp("linear2"))?,
-            linear3: Linear::new(h1, cfg.flat_features(), vb.pp("linear3"))?,
-            deconv1: ConvTranspose2d::new(c2, c1, KERNEL, vb.pp("deconv1"))?,
-            deconv2: ConvTranspose2d::new(c1, cfg.image_channels, KERNEL, vb.pp("deconv2"))?,
-            feature_shape: (c2, cfg.feature_side(), cfg.feature_side()),
-        })
-    }
-
-    fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let h = self.linear.forward(z)?.relu()?;
-        let h = self.linear2.forward(&h)?.relu()?;
-        let h = self.linear3.forward(&h)?.relu()?;
-        let (c, s1, s2) = self.feature_shape;
-        let h = h.reshape((h.dim(0)?, c, s1, s2))?;
-        let h = self.deconv1.forward(&h)?.relu()?;
-        Ok(self.deconv2.forward(&h)?)
-    }
-}
-
-/// The VAE: `enc` and `dec` as in the PyTorch module.
+/// The VAE: `enc` and `dec` as in the PyTorch module, one candle module per row of the
+/// layer table ([`VaeConfig::layers`]).
 #[derive(Debug, Clone)]
 pub struct Vae {
-    enc: Encoder,
-    dec: Decoder,
+    table: Layers<Layer>,
+    ops: Layers<Op>,
     cfg: VaeConfig,
 }
 
@@ -220,7 +129,9 @@ impl Vae {
     /// Builds the model from `vb`, whose tensors are named `enc.*` and `dec.*`.
     pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { enc: Encoder::new(cfg, vb.pp("enc"))?, dec: Decoder::new(cfg, vb.pp("dec"))?, cfg: cfg.clone() })
+        let table = cfg.layers();
+        let ops = table.try_map(|layer| Op::new(layer, &vb))?;
+        Ok(Self { table, ops, cfg: cfg.clone() })
     }
 
     /// The configuration the model was built with.
@@ -238,12 +149,29 @@ impl Vae {
                 self.cfg.image_channels
             )));
         }
-        self.enc.forward(x)
+        let (t, o) = (&self.table, &self.ops);
+        let mut h = x.clone();
+        for (layer, op) in [(&t.conv1, &o.conv1), (&t.conv2, &o.conv2), (&t.enc_linear, &o.enc_linear)] {
+            h = op.forward(layer, &h)?;
+        }
+        let h = o.enc_linear2.forward(&t.enc_linear2, &h)?;
+        Ok((o.mu.forward(&t.mu, &h)?, o.var.forward(&t.var, &h)?))
     }
 
     /// Reconstruction logits for latent codes `z`, shape `(B, latent_dim)`.
     pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
-        self.dec.forward(z)
+        let (t, o) = (&self.table, &self.ops);
+        let mut h = z.clone();
+        for (layer, op) in [
+            (&t.dec_linear, &o.dec_linear),
+            (&t.dec_linear2, &o.dec_linear2),
+            (&t.dec_linear3, &o.dec_linear3),
+            (&t.deconv1, &o.deconv1),
+            (&t.deconv2, &o.deconv2),
+        ] {
+            h = op.forward(layer, &h)?;
+        }
+        Ok(h)
     }
 
     /// Pixel probabilities (sigmoid of the logits) for latent codes `z`.

@@ -8,7 +8,7 @@ use candle_nn::VarMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::DataError;
 
-use crate::{KERNEL, Result, VaeConfig, VaeError};
+use crate::{Result, VaeConfig, VaeError};
 
 /// One parameter tensor of the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,29 +21,16 @@ pub struct ParamSpec {
     pub fan_in: usize,
 }
 
-/// Every parameter of the model, in `state_dict` order.
+/// Every parameter of the model, in `state_dict` order: each layer's weight, then its
+/// bias, from the layer table.
 pub fn parameter_specs(cfg: &VaeConfig) -> Vec<ParamSpec> {
-    let [c1, c2] = cfg.conv_channels;
-    let [h1, h2] = cfg.hidden;
-    let kk = KERNEL * KERNEL;
-    let (ch, flat, z) = (cfg.image_channels, cfg.flat_features(), cfg.latent_dim);
+    let layers = cfg.layers();
     let mut specs = Vec::new();
-    let mut layer = |name: &str, weight: Vec<usize>, fan_in: usize, bias: usize| {
-        specs.push(ParamSpec { name: format!("{name}.weight"), shape: weight, fan_in });
-        specs.push(ParamSpec { name: format!("{name}.bias"), shape: vec![bias], fan_in });
-    };
-    layer("enc.conv1", vec![c1, ch, KERNEL, KERNEL], ch * kk, c1);
-    layer("enc.conv2", vec![c2, c1, KERNEL, KERNEL], c1 * kk, c2);
-    layer("enc.linear", vec![h1, flat], flat, h1);
-    layer("enc.linear2", vec![h2, h1], h1, h2);
-    layer("enc.mu", vec![z, h2], h2, z);
-    layer("enc.var", vec![z, h2], h2, z);
-    layer("dec.linear", vec![h2, z], z, h2);
-    layer("dec.linear2", vec![h1, h2], h2, h1);
-    layer("dec.linear3", vec![flat, h1], h1, flat);
-    // PyTorch computes a ConvTranspose2d's fan-in from dim 1 of its (in, out, k, k) weight.
-    layer("dec.deconv1", vec![c2, c1, KERNEL, KERNEL], c1 * kk, c1);
-    layer("dec.deconv2", vec![c1, ch, KERNEL, KERNEL], ch * kk, ch);
+    for layer in layers.all() {
+        let fan_in = layer.fan_in();
+        specs.push(ParamSpec { name: format!("{}.weight", layer.name), shape: layer.weight_shape(), fan_in });
+        specs.push(ParamSpec { name: format!("{}.bias", layer.name), shape: vec![layer.outputs], fan_in });
+    }
     specs
 }
 
@@ -52,7 +39,7 @@ pub fn parameter_specs(cfg: &VaeConfig) -> Vec<ParamSpec> {
 pub fn init_varmap(varmap: &VarMap, cfg: &VaeConfig, seed: u64, device: &Device) -> Result<()> {
     cfg.validate()?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut data = varmap.data().lock().map_err(|_| VaeError::Config("VarMap lock poisoned".into()))?;
+    let mut data = varmap.data().lock().map_err(|_| VaeError::LockPoisoned { what: "the VarMap" })?;
     for spec in parameter_specs(cfg) {
         let bound = 1.0 / (spec.fan_in as f32).sqrt();
         let n: usize = spec.shape.iter().product();
@@ -73,7 +60,7 @@ pub fn load_varmap(path: &Path, cfg: &VaeConfig, device: &Device) -> Result<(Var
     let (mut tensors, _) = read_tensors(path, device)?;
     let varmap = VarMap::new();
     {
-        let mut data = varmap.data().lock().map_err(|_| VaeError::Config("VarMap lock poisoned".into()))?;
+        let mut data = varmap.data().lock().map_err(|_| VaeError::LockPoisoned { what: "the VarMap" })?;
         for spec in parameter_specs(cfg) {
             let tensor = take_tensor(path, &mut tensors, &spec.name, &spec.shape)?;
             data.insert(spec.name, Var::from_tensor(&tensor)?);
@@ -85,7 +72,7 @@ pub fn load_varmap(path: &Path, cfg: &VaeConfig, device: &Device) -> Result<(Var
 }
 
 /// Loads a trained model from a safetensors file, taking the latent dimension from the
-/// shape of `enc.mu.weight` (the other sizes are the seed's). Returns the model, its
+/// shape of `enc.mu.weight` (the other sizes are the reference's). Returns the model, its
 /// variables and the names of tensors the file holds beyond the model's.
 pub fn load_vae(path: &Path, device: &Device) -> Result<(crate::Vae, VarMap, Vec<String>)> {
     let (tensors, _) = read_tensors(path, device)?;
@@ -154,7 +141,7 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Ten
 
 /// The tensors of a [`VarMap`] by name, for [`save_tensors`].
 pub fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
-    let data = varmap.data().lock().map_err(|_| VaeError::Config("VarMap lock poisoned".into()))?;
+    let data = varmap.data().lock().map_err(|_| VaeError::LockPoisoned { what: "the VarMap" })?;
     Ok(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
 }
 

@@ -2,18 +2,19 @@
 //! save → load round trip that reproduces outputs exactly, on real MNIST images.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
 use vae_model::{
     Vae, VaeConfig, VaeError, init_varmap, load_vae, loss_terms, parameter_specs, save_tensors, varmap_tensors,
 };
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vae-model-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A temporary file named `…name`, removed when the returned path is dropped.
+fn tmp(name: &str) -> tempfile::TempPath {
+    tempfile::Builder::new().suffix(name).tempfile().unwrap().into_temp_path()
 }
 
 fn mnist_batch(n: usize) -> Tensor {
@@ -178,16 +179,8 @@ fn non_finite_weights_are_refused_by_name() {
 fn importance_weighted_bound_is_at_least_the_elbo_and_matches_the_loss() {
     let (_, vae) = fresh(4);
     let x = mnist_batch(4);
-    let mut state = 7u64;
-    let mut normal = || {
-        // Box–Muller from a small LCG: deterministic standard normals.
-        let mut u = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        };
-        ((-2.0 * u().ln()).sqrt() * (2.0 * std::f64::consts::PI * u()).cos()) as f32
-    };
-    let eps: Vec<f32> = (0..16 * 4 * 10).map(|_| normal()).collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    let eps: Vec<f32> = (0..16 * 4 * 10).map(|_| rng.sample(StandardNormal)).collect();
     let eps = Tensor::from_vec(eps, (16, 4, 10), &Device::Cpu).unwrap();
     let bounds = vae_model::likelihood_bounds(&vae, &x, &eps).unwrap();
     let elbo = bounds.elbo.to_vec1::<f32>().unwrap();
@@ -221,11 +214,8 @@ fn damaged_safetensors_files_never_panic() {
     ]);
     save_tensors(&path, &tensors, Some(HashMap::from([("k".to_string(), "v".to_string())]))).unwrap();
     let good = std::fs::read(&path).unwrap();
-    let mut state = 9u64;
-    let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut next = || rng.random::<u32>() as usize;
     let mut refused = 0;
     for _ in 0..2000 {
         let mut bytes = good.clone();

@@ -12,6 +12,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::{Result, TrainError};
+
 /// Adam's hyper-parameters (PyTorch defaults apart from the learning rate).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
@@ -78,21 +80,22 @@ impl Adam {
     }
 
     /// The moments of parameter `i` (in [`Adam::names`] order).
-    pub fn moments(&self, i: usize) -> Moments {
-        self.moments[i].lock().map(|m| m.clone()).unwrap_or_default()
+    pub fn moments(&self, i: usize) -> Result<Moments> {
+        Ok(self.moments[i].lock().map_err(|_| MOMENTS_POISONED)?.clone())
     }
 
     /// Restores the step count and moments saved from an optimiser over the same
     /// parameters; `moments` is in [`Adam::names`] order.
-    pub fn restore(&mut self, step: u64, moments: Vec<Moments>) -> candle_core::Result<()> {
+    pub fn restore(&mut self, step: u64, moments: Vec<Moments>) -> Result<()> {
+        let mismatch = |detail| TrainError::StateMismatch { what: "optimiser state", detail };
         if moments.len() != self.params.len() {
-            candle_core::bail!("optimiser state has {} tensors, expected {}", moments.len(), self.params.len());
+            return Err(mismatch(format!("{} tensors, expected {}", moments.len(), self.params.len())));
         }
         for ((name, p), (slot, state)) in self.params.iter().zip(self.moments.iter().zip(moments)) {
             if state.m.len() != p.elem_count() || state.v.len() != p.elem_count() {
-                candle_core::bail!("optimiser state for {name} has the wrong size");
+                return Err(mismatch(format!("{name} has the wrong size")));
             }
-            *slot.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))? = state;
+            *slot.lock().map_err(|_| MOMENTS_POISONED)? = state;
         }
         self.step = step;
         Ok(())
@@ -101,24 +104,20 @@ impl Adam {
     /// One Adam step from the gradients in `grads`; parameters without a gradient keep
     /// their value (their moments still decay, as in PyTorch only when a gradient
     /// exists — so they are skipped entirely).
-    pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.update(|_, p| grads.get(p.as_tensor()).map(Grad::Tensor), false)
     }
 
     /// [`Adam::step`] with the gradients as flat slices by parameter name (as
     /// [`CpuStep`](vae_model::CpuStep) leaves them).
-    pub fn step_with<'g>(&mut self, grad: impl Fn(&str) -> Option<&'g [f32]>) -> candle_core::Result<()> {
+    pub fn step_with<'g>(&mut self, grad: impl Fn(&str) -> Option<&'g [f32]>) -> Result<()> {
         self.update(|name, _| grad(name).map(Grad::Slice), false)
     }
 
     /// The update; CPU tensors are updated in place by the fused op unless
     /// `force_host`, other devices (CUDA) through a copy on the host, where the moments
     /// live.
-    fn update<'g>(
-        &mut self,
-        grad_of: impl Fn(&str, &Var) -> Option<Grad<'g>>,
-        force_host: bool,
-    ) -> candle_core::Result<()> {
+    fn update<'g>(&mut self, grad_of: impl Fn(&str, &Var) -> Option<Grad<'g>>, force_host: bool) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bias1 = 1.0 - self.cfg.beta1.powi(t);
@@ -208,7 +207,7 @@ impl candle_core::InplaceOp2 for AdamUpdate<'_> {
 impl AdamUpdate<'_> {
     /// Updates parameter values `p` from gradient `g` and the moments, in parallel chunks.
     fn apply(&self, p: &mut [f32], g: &[f32]) -> candle_core::Result<()> {
-        let mut moments = self.moments.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let mut moments = self.moments.lock().map_err(|_| candle_core::Error::wrap(MOMENTS_POISONED))?;
         let Moments { m, v } = &mut *moments;
         if p.len() != g.len() || p.len() != m.len() {
             candle_core::bail!("adam-update: size mismatch");
@@ -253,10 +252,13 @@ impl AdamUpdate<'_> {
 }
 
 /// Trainable variables of a VarMap, by name.
-pub fn named_vars(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
-    data.into_iter().collect()
+pub fn named_vars(varmap: &candle_nn::VarMap) -> Result<Vec<(String, Var)>> {
+    let data = varmap.data().lock().map_err(|_| TrainError::LockPoisoned { what: "the VarMap" })?;
+    Ok(data.clone().into_iter().collect())
 }
+
+/// The error of a poisoned lock on a parameter's moments.
+const MOMENTS_POISONED: TrainError = TrainError::LockPoisoned { what: "Adam's moments" };
 
 /// Moments as tensors, for checkpoints.
 pub(crate) fn moments_tensor(values: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
@@ -305,7 +307,7 @@ mod tests {
                 let grads = loss.backward().unwrap();
                 adam.update(|_, p| grads.get(p.as_tensor()).map(Grad::Tensor), force_host).unwrap();
             }
-            (x.as_tensor().to_vec2::<f32>().unwrap(), adam.moments(0).v)
+            (x.as_tensor().to_vec2::<f32>().unwrap(), adam.moments(0).unwrap().v)
         };
         assert_eq!(run(true), run(false));
     }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use candle_core::{CpuStorage, Storage, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::{Result, TrainError};
+
 /// The averaged weights, in the optimiser's parameter order.
 pub struct Ema {
     decay: f64,
@@ -14,21 +16,21 @@ pub struct Ema {
 }
 
 /// Calls `f` with the values of a contiguous f32 CPU tensor.
-fn with_values<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+fn with_values<R>(name: &str, tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = tensor.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(f(&v[start..end])),
-        _ => candle_core::bail!("weight average: parameters must be contiguous f32 CPU tensors"),
+        _ => Err(TrainError::NotCpuF32 { what: "weight average", name: name.to_string() }),
     }
 }
 
 impl Ema {
     /// An average that starts at the current values of `params`.
-    pub fn new(decay: f64, params: &[(String, Var)]) -> candle_core::Result<Self> {
+    pub fn new(decay: f64, params: &[(String, Var)]) -> Result<Self> {
         let shadows = params
             .iter()
-            .map(|(name, p)| with_values(p.as_tensor(), |v| (name.clone(), v.to_vec())))
-            .collect::<candle_core::Result<_>>()?;
+            .map(|(name, p)| with_values(name, p.as_tensor(), |v| (name.clone(), v.to_vec())))
+            .collect::<Result<_>>()?;
         Ok(Self { decay, updates: 0, shadows })
     }
 
@@ -45,10 +47,10 @@ impl Ema {
 
     /// `shadow ← d · shadow + (1 − d) · weight` for every parameter (same order as at
     /// [`Ema::new`]).
-    pub fn update(&mut self, params: &[(String, Var)]) -> candle_core::Result<()> {
+    pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
         let d = self.current_decay() as f32;
-        for ((_, shadow), (_, p)) in self.shadows.iter_mut().zip(params) {
-            with_values(p.as_tensor(), |w| {
+        for ((_, shadow), (name, p)) in self.shadows.iter_mut().zip(params) {
+            with_values(name, p.as_tensor(), |w| {
                 shadow.par_chunks_mut(1 << 14).zip(w.par_chunks(1 << 14)).for_each(|(s, w)| {
                     for (s, &w) in s.iter_mut().zip(w) {
                         *s = d * *s + (1.0 - d) * w;
@@ -61,7 +63,7 @@ impl Ema {
     }
 
     /// The averaged weights as tensors, by parameter name.
-    pub fn tensors(&self, device: &candle_core::Device) -> candle_core::Result<HashMap<String, Tensor>> {
+    pub fn tensors(&self, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
         self.shadows.iter().map(|(name, s)| Ok((name.clone(), Tensor::from_slice(s, s.len(), device)?))).collect()
     }
 
@@ -72,13 +74,15 @@ impl Ema {
 
     /// Restores the state saved from an average over the same parameters: the update
     /// count and each parameter's averaged values (in [`Ema::names`] order).
-    pub fn restore(&mut self, updates: u64, values: Vec<Vec<f32>>) -> candle_core::Result<()> {
+    pub fn restore(&mut self, updates: u64, values: Vec<Vec<f32>>) -> Result<()> {
         if values.len() != self.shadows.len() {
-            candle_core::bail!("weight average holds {} tensors, expected {}", values.len(), self.shadows.len());
+            let detail = format!("{} tensors, expected {}", values.len(), self.shadows.len());
+            return Err(TrainError::StateMismatch { what: "weight average", detail });
         }
         for ((name, shadow), saved) in self.shadows.iter_mut().zip(values) {
             if saved.len() != shadow.len() {
-                candle_core::bail!("weight average of {name} has the wrong size");
+                let detail = format!("{name} has the wrong size");
+                return Err(TrainError::StateMismatch { what: "weight average", detail });
             }
             *shadow = saved;
         }

@@ -10,9 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use candle_core::Tensor;
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
+use vae_data::run::EvalSummary;
 use vae_data::{IMAGE_SIDE, SplitKind, load_split};
 use vae_model::Vae;
 
@@ -29,9 +29,10 @@ pub struct EvalArgs {
     /// Trained weights, e.g. runs/NAME/model.safetensors
     #[arg(long)]
     pub model: PathBuf,
-    /// Directory with the IDX files (raw or .gz)
-    #[arg(long, default_value = "data/mnist")]
-    pub data: PathBuf,
+    /// --data: the dataset directory
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: vae_data::cli::DataArgs,
     /// Run directory that receives eval.json
     #[arg(long)]
     pub out: PathBuf,
@@ -49,34 +50,23 @@ pub struct EvalArgs {
     /// Seed of the importance samples
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// --device: where the model runs
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: vae_data::cli::DeviceArgs,
 }
 
-/// Estimated bounds, in nats per image, averaged over the evaluated images.
+/// Estimated bounds, in nats per image, averaged over the evaluated images: what
+/// `eval.json` holds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalReport {
-    /// Importance samples per image.
-    pub k: u32,
-    /// Test images evaluated.
-    pub images: usize,
-    /// Mean ELBO (k = 1 bound on log p(x)).
-    pub elbo: f64,
-    /// Mean k-sample importance-weighted bound on log p(x).
-    pub iwae: f64,
+    /// The figures other stages read.
+    #[serde(flatten)]
+    pub summary: EvalSummary,
     /// `−iwae`: the negative log-likelihood estimate (an upper bound on the true NLL).
     pub nll_estimate: f64,
-    /// The loss with z = the posterior mean decoded (BCE + KL per image): not a bound,
-    /// the convention the seed's published test losses follow.
-    pub test_loss_at_mean: f64,
-    /// Mean KL divergence of each latent dimension's posterior from the prior, nats per
-    /// image (their sum is the loss's KL term).
-    pub kl_per_dimension: Vec<f64>,
     /// Variance across the test images of each dimension's posterior mean.
     pub posterior_mean_variance: Vec<f64>,
-    /// Dimensions whose posterior mean varies by more than 0.01 (Burda et al., 2015).
-    pub active_units: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
     /// The flags.
@@ -119,22 +109,18 @@ fn batch_sums(
 
 /// Evaluates the model and writes `eval.json`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
-    let device = vae_model::device(&args.device)?;
+    let device = vae_model::device(&args.device.name)?;
     let (vae, _, _) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
-    let mut test = load_split(&args.data, SplitKind::Test).context("loading the test set")?;
+    let mut test = load_split(&args.data.dir, SplitKind::Test).context("loading the test set")?;
     if let Some(n) = args.test_limit {
         test.truncate(n as usize);
     }
-    ensure!(!test.is_empty(), "the test set in {} is empty", args.data.display());
+    ensure!(!test.is_empty(), "the test set in {} is empty", args.data.dir.display());
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let k = args.k as usize;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let bar = ProgressBar::new(test.len() as u64).with_prefix("iwae");
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let bar = vae_data::cli::progress_bar(test.len() as u64, "iwae", "images");
     let started = Instant::now();
     let (mut elbo, mut iwae, mut at_mean) = (0.0f64, 0.0f64, 0.0f64);
     let mut posterior = PosteriorStats::default();
@@ -156,20 +142,26 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         "the likelihood bounds of {} are not finite: the model diverged",
         args.model.display()
     );
-    let report = EvalReport {
+    let summary = EvalSummary {
         k: args.k,
         images: test.len(),
         elbo: elbo / n,
         iwae: iwae / n,
-        nll_estimate: -iwae / n,
         test_loss_at_mean: at_mean / n,
         kl_per_dimension: posterior.kl_per_dimension(),
-        posterior_mean_variance: posterior.mean_variance(),
         active_units: posterior.active_units(),
+    };
+    let report = EvalReport {
+        summary,
+        nll_estimate: -iwae / n,
+        posterior_mean_variance: posterior.mean_variance(),
         seconds: started.elapsed().as_secs_f64(),
         args: args.clone(),
     };
-    vae_data::write_atomic(&args.out.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    vae_data::write_atomic(
+        &args.out.join(vae_data::run::file::EVAL),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     Ok(report)
 }
 

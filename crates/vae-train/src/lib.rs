@@ -1,4 +1,4 @@
-//! `vae-train`: trains the seed's VAE on an MNIST-style dataset.
+//! `vae-train`: trains the reference's VAE on an MNIST-style dataset.
 //!
 //! Reproducible (every random choice comes from `--seed`: the initial weights, the
 //! shuffle of each epoch, the reparameterisation noise) and resumable (a checkpoint
@@ -11,8 +11,11 @@
 //! `config.json`.
 
 pub mod adam;
+mod args;
+mod checkpoint;
 pub mod diagnostics;
 pub mod ema;
+mod error;
 pub mod eval;
 mod history;
 pub mod schedule;
@@ -21,163 +24,26 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rand_distr::StandardNormal;
-use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
+pub use vae_data::run::SAMPLE_COUNT;
+use vae_data::run::{Machine, TrainConfigSummary, file};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split};
-use vae_model::{Vae, VaeConfig, init_varmap, loss_terms, parameter_specs, read_tensors, save_tensors, take_tensor};
+use vae_model::{Vae, VaeConfig, init_varmap, loss_terms, save_tensors};
 
-use adam::{Adam, AdamConfig, Moments, named_vars};
+use adam::{Adam, AdamConfig, named_vars};
+pub use args::TrainArgs;
+use checkpoint::{Fingerprint, restore_checkpoint, save_checkpoint};
 use ema::Ema;
-pub use history::{EpochLosses, EpochRecord};
-use schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
+pub use error::{Result, TrainError};
+pub use history::EpochLosses;
+use schedule::{KlPlan, LrPlan};
+pub use vae_data::run::EpochRecord;
 use vae_model::CpuStep;
 
-/// Command-line flags of `vae-train`.
-#[derive(Debug, Clone, Parser, serde::Serialize)]
-#[command(version, about = "Train the seed's convolutional VAE on MNIST-style IDX data")]
-pub struct TrainArgs {
-    /// Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (and optionally a
-    /// SHA256SUMS manifest of their decompressed bytes, which is then verified)
-    #[arg(long, default_value = "data/mnist")]
-    pub data: PathBuf,
-    /// Run directory that receives every output (created if missing)
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Number of passes over the training set
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-    pub epochs: u32,
-    /// Images per optimisation step (the last batch of an epoch may be smaller); the CPU
-    /// step keeps about 1.2 MB of activations and gradients per image, so at most 1024
-    /// (about 1.3 GB, under 2 GB with the model, Adam's moments and the dataset)
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub batch_size: u32,
-    /// Adam learning rate, the peak of the schedule (betas 0.9/0.999, eps 1e-8, no weight
-    /// decay, as in PyTorch)
-    #[arg(long, default_value_t = 1e-3, value_parser = positive_finite)]
-    pub lr: f64,
-    /// How the learning rate changes after the warm-up: constant (the seed's), cosine
-    /// (half a cosine down to --lr × --lr-final-fraction at the last step of --epochs), or
-    /// step (× --lr-step-gamma every --lr-step-epochs epochs)
-    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
-    pub lr_schedule: LrSchedule,
-    /// Cosine schedule: the final learning rate as a fraction of --lr
-    #[arg(long, default_value_t = 0.0, value_parser = unit_interval)]
-    pub lr_final_fraction: f64,
-    /// Step schedule: epochs between two decays
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub lr_step_epochs: u32,
-    /// Step schedule: the factor of each decay
-    #[arg(long, default_value_t = 0.5, value_parser = unit_interval)]
-    pub lr_step_gamma: f64,
-    /// Epochs of linear warm-up of the learning rate from --lr / steps to --lr
-    #[arg(long, default_value_t = 0)]
-    pub warmup_epochs: u32,
-    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999;
-    /// the decay of update n is min(DECAY, (1 + n) / (10 + n))); the average is what is
-    /// evaluated, snapshot and written to model.safetensors, while training goes on from
-    /// the raw weights (both are in the checkpoint)
-    #[arg(long, value_parser = open_unit_interval)]
-    pub ema: Option<f64>,
-    /// Weight β of the KL term in the training objective, (BCE + β·KL) / B: a β-VAE
-    /// (Higgins et al. 2017) for β ≠ 1. The losses reported stay the unweighted ELBO, so
-    /// runs with different β compare
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative_finite)]
-    pub beta: f64,
-    /// Epochs over which the KL weight ramps linearly from 0 to --beta (KL annealing)
-    #[arg(long, default_value_t = 0)]
-    pub kl_warmup_epochs: u32,
-    /// A named preset; `seed`: the seed's stated settings (batch 32, constant lr 1e-3, no
-    /// warm-up, no average, β = 1), refusing flags that would change them
-    #[arg(
-        long,
-        value_enum,
-        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
-    )]
-    pub recipe: Option<Recipe>,
-    /// Dimension of the latent space
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub latent_dim: u32,
-    /// Seed of every random choice: initial weights, shuffles, noise, sample draws
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Worker threads for the matrix kernels and the optimiser [default: all cores]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub threads: Option<u32>,
-    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`)
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute gradients with candle's autograd instead of the hand-written CPU backward
-    /// pass: slower, the reference the fast path is tested against (always used off the
-    /// CPU); results agree to float round-off
-    #[arg(long)]
-    pub autograd: bool,
-    /// Train on only the first N training images
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub train_limit: Option<u32>,
-    /// Evaluate on only the first N test images
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub test_limit: Option<u32>,
-    /// Continue from the run directory's checkpoint.safetensors (refused if it was made
-    /// with other data or other flags, bar --epochs, --threads, --device and --autograd);
-    /// starts afresh when there is no checkpoint yet
-    #[arg(long)]
-    pub resume: bool,
-}
-
-impl TrainArgs {
-    /// The flags with `--recipe` applied.
-    fn resolved(&self) -> Self {
-        match self.recipe {
-            None => self.clone(),
-            Some(Recipe::Seed) => Self {
-                batch_size: 32,
-                lr: 1e-3,
-                lr_schedule: LrSchedule::Constant,
-                warmup_epochs: 0,
-                ema: None,
-                beta: 1.0,
-                kl_warmup_epochs: 0,
-                ..self.clone()
-            },
-        }
-    }
-
-    /// Optimisation steps in an epoch of `train_images` images.
-    fn steps_per_epoch(&self, train_images: usize) -> u64 {
-        train_images.div_ceil(self.batch_size as usize) as u64
-    }
-
-    /// The KL weight of every step, for `train_images` images per epoch.
-    fn kl_plan(&self, train_images: usize) -> KlPlan {
-        let warmup_steps = u64::from(self.kl_warmup_epochs) * self.steps_per_epoch(train_images);
-        KlPlan { beta: self.beta, warmup_steps }
-    }
-
-    /// The learning rate of every step, for `train_images` images per epoch.
-    fn lr_plan(&self, train_images: usize) -> LrPlan {
-        let steps_per_epoch = self.steps_per_epoch(train_images);
-        let schedule = self.lr_schedule;
-        let (cosine, step) = (schedule == LrSchedule::Cosine, schedule == LrSchedule::Step);
-        LrPlan {
-            base: self.lr,
-            schedule,
-            warmup_steps: u64::from(self.warmup_epochs) * steps_per_epoch,
-            total_steps: if cosine { u64::from(self.epochs) * steps_per_epoch } else { 0 },
-            final_fraction: if cosine { self.lr_final_fraction } else { 0.0 },
-            step_every: if step { u64::from(self.lr_step_epochs) * steps_per_epoch } else { 0 },
-            gamma: if step { self.lr_step_gamma } else { 1.0 },
-        }
-    }
-}
-
-/// Number of prior draws decoded after every epoch.
-pub const SAMPLE_COUNT: usize = 64;
 /// Number of test images reconstructed after every epoch.
 pub const RECONSTRUCTION_COUNT: usize = 16;
 /// Images per forward pass when evaluating the test set.
@@ -212,23 +78,6 @@ fn images_tensor(split: &Split, indices: &[usize], device: &Device) -> candle_co
     Tensor::from_vec(split.gather_f32(indices), (indices.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)
 }
 
-/// Everything that must match for a checkpoint to be resumed: the flags that define the
-/// experiment (all but `--resume`, `--out`, `--epochs` unless a cosine schedule's length
-/// depends on it, and the execution choices `--threads`, `--device` and `--autograd`,
-/// which change results only by float rounding), the model shape and the input checksums.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Fingerprint {
-    batch_size: u32,
-    lr: LrPlan,
-    kl: KlPlan,
-    ema: Option<f64>,
-    seed: u64,
-    train_images: usize,
-    test_images: usize,
-    model: VaeConfig,
-    inputs: Vec<(String, String)>,
-}
-
 /// The file names of a run directory.
 pub struct RunFiles {
     dir: PathBuf,
@@ -248,20 +97,20 @@ impl RunFiles {
 /// Trains as `args` say; returns the history of all epochs (those resumed included).
 pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     let args = &args.resolved();
-    let device = vae_model::device(&args.device)?;
+    let device = vae_model::device(&args.device.name)?;
     let files = RunFiles::new(&args.out);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating run directory {}", args.out.display()))?;
     ensure!(args.out.is_dir(), "{} is not a directory", args.out.display());
 
-    let mut train = load_split(&args.data, SplitKind::Train).context("loading the training set")?;
-    let mut test = load_split(&args.data, SplitKind::Test).context("loading the test set")?;
-    if let Some(n) = args.train_limit {
+    let mut train = load_split(&args.data.dir, SplitKind::Train).context("loading the training set")?;
+    let mut test = load_split(&args.data.dir, SplitKind::Test).context("loading the test set")?;
+    if let Some(n) = args.limits.train_limit {
         train.truncate(n as usize);
     }
-    if let Some(n) = args.test_limit {
+    if let Some(n) = args.limits.test_limit {
         test.truncate(n as usize);
     }
-    ensure!(!train.is_empty() && !test.is_empty(), "the dataset in {} holds no images", args.data.display());
+    ensure!(!train.is_empty() && !test.is_empty(), "the dataset in {} holds no images", args.data.dir.display());
 
     let cfg = VaeConfig { latent_dim: args.latent_dim as usize, ..VaeConfig::default() };
     let fingerprint = Fingerprint {
@@ -279,11 +128,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     let varmap = VarMap::new();
     init_varmap(&varmap, &cfg, args.seed, &device)?;
     let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-    let mut adam = Adam::new(named_vars(&varmap), AdamConfig { lr: args.lr, ..AdamConfig::default() });
-    let mut ema = args.ema.map(|decay| Ema::new(decay, &sorted_vars(&varmap))).transpose()?;
+    let mut adam = Adam::new(named_vars(&varmap)?, AdamConfig { lr: args.lr, ..AdamConfig::default() });
+    let mut ema = args.ema.map(|decay| Ema::new(decay, &sorted_vars(&varmap)?)).transpose()?;
     let mut cpu_step = if device.is_cpu() && !args.autograd { Some(CpuStep::new(&cfg, &varmap)?) } else { None };
 
-    let checkpoint = files.path("checkpoint.safetensors");
+    let checkpoint = files.path(file::CHECKPOINT);
     let mut history = Vec::new();
     let mut samples = HashMap::new();
     if args.resume && checkpoint.exists() {
@@ -314,7 +163,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
             with_eval_weights(&varmap, ema.as_ref(), || evaluate(&vae, &test, args.seed, epoch, &device))?;
         let seconds = started.elapsed().as_secs_f64();
         let losses = history::EpochLosses { train: (train_bce, train_kl), test: test_sampled, test_at_mean };
-        let record = EpochRecord::new(epoch, losses, seconds, train.len() + test.len());
+        let record = losses.record(epoch, seconds, train.len() + test.len());
         tracing::info!("{record}");
         history.push(record);
         with_eval_weights(&varmap, ema.as_ref(), || {
@@ -342,17 +191,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
 }
 
 /// The mutable state of training: the weights, the optimiser and the weight average.
-struct TrainState<'a> {
-    varmap: &'a VarMap,
-    adam: &'a mut Adam,
-    ema: Option<&'a mut Ema>,
+pub(crate) struct TrainState<'a> {
+    pub(crate) varmap: &'a VarMap,
+    pub(crate) adam: &'a mut Adam,
+    pub(crate) ema: Option<&'a mut Ema>,
 }
 
 /// The model's variables sorted by name (the optimiser's and the average's order).
-fn sorted_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
-    let mut vars = named_vars(varmap);
+fn sorted_vars(varmap: &VarMap) -> Result<Vec<(String, candle_core::Var)>> {
+    let mut vars = named_vars(varmap)?;
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
+    Ok(vars)
 }
 
 /// Runs `f` with the weights that are evaluated and written: the average's where there
@@ -363,7 +212,7 @@ fn with_eval_weights<R>(
     f: impl FnOnce() -> anyhow::Result<R>,
 ) -> anyhow::Result<R> {
     let Some(ema) = ema else { return f() };
-    let vars = sorted_vars(varmap);
+    let vars = sorted_vars(varmap)?;
     // Deep copies: `Var::set` writes into the variable's storage, which clones share.
     let raw: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
     let averaged = ema.tensors(&Device::Cpu)?;
@@ -386,19 +235,23 @@ fn write_outputs(
     samples: &HashMap<String, Tensor>,
     history: &[EpochRecord],
 ) -> anyhow::Result<()> {
-    save_tensors(&files.path("samples.safetensors"), samples, None)?;
+    save_tensors(&files.path(file::SAMPLES), samples, None)?;
     history::write(files, history)?;
-    save_tensors(&files.path("model.safetensors"), &vae_model::varmap_tensors(varmap)?, None)?;
+    save_tensors(&files.path(file::MODEL), &vae_model::varmap_tensors(varmap)?, None)?;
     Ok(())
 }
 
 fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -> anyhow::Result<()> {
-    let config = serde_json::json!({
+    let machine = Machine { cpu: vae_model::machine::cpu_model(), gemm_kernels: vae_model::machine::gemm_isa().into() };
+    let summary = TrainConfigSummary {
+        machine,
+        threads_used: rayon::current_num_threads(),
+        inputs_sha256: fingerprint.inputs.iter().cloned().collect(),
+    };
+    let mut config = serde_json::json!({
         "tool": "vae-train",
         "version": env!("CARGO_PKG_VERSION"),
         "args": args,
-        "threads_used": rayon::current_num_threads(),
-        "machine": { "cpu": vae_model::machine::cpu_model(), "gemm_kernels": vae_model::machine::gemm_isa() },
         "model": fingerprint.model,
         "train_images": fingerprint.train_images,
         "test_images": fingerprint.test_images,
@@ -406,9 +259,12 @@ fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -
         "learning_rate": fingerprint.lr,
         "ema_decay": fingerprint.ema,
         "kl_weight": fingerprint.kl,
-        "inputs_sha256": fingerprint.inputs.iter().cloned().collect::<HashMap<_, _>>(),
     });
-    vae_data::write_atomic(&files.path("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    if let (Some(config), serde_json::Value::Object(summary)) = (config.as_object_mut(), serde_json::to_value(summary)?)
+    {
+        config.extend(summary);
+    }
+    vae_data::write_atomic(&files.path(file::CONFIG), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(())
 }
 
@@ -429,14 +285,9 @@ fn train_epoch(
     order.shuffle(&mut rng(args.seed, Stream::Shuffle, epoch));
     let mut noise = rng(args.seed, Stream::TrainNoise, epoch);
     let batches = order.chunks(args.batch_size as usize);
-    let bar = ProgressBar::new(batches.len() as u64).with_prefix(format!("epoch {epoch}"));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches, {msg} ({per_sec}, eta {eta})")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .progress_chars("=> "),
-    );
+    let bar = vae_data::cli::progress_bar(batches.len() as u64, format!("epoch {epoch}"), "batches");
     let TrainState { varmap, adam, mut ema } = state;
-    let params = sorted_vars(varmap);
+    let params = sorted_vars(varmap)?;
     let (mut bce_sum, mut kl_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
     for (i, batch) in batches.enumerate() {
         adam.set_lr(lr_plan.at(adam.step_count()));
@@ -472,7 +323,7 @@ fn train_epoch(
         kl_sum += kl;
         seen += batch.len();
         if i % 20 == 0 {
-            bar.set_message(format!("loss {:.2}", (bce_sum + kl_sum) / seen as f64));
+            bar.set_message(format!(", loss {:.2}", (bce_sum + kl_sum) / seen as f64));
         }
         bar.inc(1);
     }
@@ -516,120 +367,4 @@ fn snapshot(
     let (mu, _) = vae.encode(originals)?;
     samples.insert(format!("reconstructed.epoch_{epochs_done}"), vae.decode(&mu)?.detach());
     Ok(())
-}
-
-/// Format 2 also holds the snapshots (`samples.NAME`), so that every output of the stage
-/// can be rebuilt from the checkpoint alone, and the test losses at the posterior mean.
-const CHECKPOINT_FORMAT: &str = "vae-train-checkpoint-2";
-/// Prefix of the snapshot tensors in a checkpoint.
-const SAMPLES_PREFIX: &str = "samples.";
-
-/// Prefix of the averaged weights in a checkpoint.
-const EMA_PREFIX: &str = "ema.";
-
-fn save_checkpoint(
-    path: &Path,
-    fingerprint: &Fingerprint,
-    state: TrainState,
-    history: &[EpochRecord],
-    samples: &HashMap<String, Tensor>,
-) -> anyhow::Result<()> {
-    let TrainState { varmap, adam, ema } = state;
-    let mut tensors = vae_model::varmap_tensors(varmap)?;
-    let mut metadata = HashMap::new();
-    if let Some(ema) = ema {
-        for (name, t) in ema.tensors(&Device::Cpu)? {
-            let shape = tensors.get(&name).context("averaged parameter missing from the model")?.shape().clone();
-            tensors.insert(format!("{EMA_PREFIX}{name}"), t.reshape(shape)?);
-        }
-        metadata.insert("ema_updates".to_string(), ema.updates().to_string());
-    }
-    tensors.extend(samples.iter().map(|(name, t)| (format!("{SAMPLES_PREFIX}{name}"), t.clone())));
-    for (i, name) in adam.names().enumerate() {
-        let like = tensors.get(name).context("optimiser parameter missing from the model")?.clone();
-        let Moments { m, v } = adam.moments(i);
-        tensors.insert(format!("adam.m.{name}"), adam::moments_tensor(m, &like)?);
-        tensors.insert(format!("adam.v.{name}"), adam::moments_tensor(v, &like)?);
-    }
-    metadata.extend([
-        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
-        ("adam_step".to_string(), adam.step_count().to_string()),
-        ("fingerprint".to_string(), serde_json::to_string(fingerprint)?),
-        ("history".to_string(), serde_json::to_string(history)?),
-    ]);
-    save_tensors(path, &tensors, Some(metadata))?;
-    Ok(())
-}
-
-/// Restores the weights and the optimiser from a checkpoint; returns the history and the
-/// snapshots.
-fn restore_checkpoint(
-    path: &Path,
-    fingerprint: &Fingerprint,
-    state: TrainState,
-    device: &Device,
-) -> anyhow::Result<(Vec<EpochRecord>, HashMap<String, Tensor>)> {
-    let TrainState { varmap, adam, ema } = state;
-    let (mut tensors, meta) = read_tensors(path, device)?;
-    let field =
-        |key: &str| meta.get(key).with_context(|| format!("{}: not a vae-train checkpoint (no {key})", path.display()));
-    let format = field("format")?;
-    ensure!(
-        format == CHECKPOINT_FORMAT,
-        "{}: checkpoint format '{format}', this vae-train reads '{CHECKPOINT_FORMAT}' (format 1 came from an earlier version)",
-        path.display()
-    );
-    let in_file = |what: &str| format!("{}: {what}", path.display());
-    let saved: Fingerprint = serde_json::from_str(field("fingerprint")?).with_context(|| in_file("fingerprint"))?;
-    if &saved != fingerprint {
-        bail!(
-            "{} was made by a different run and cannot be resumed:\n  checkpoint: {}\n  this run:   {}\nUse the same flags and data, or another --out",
-            path.display(),
-            serde_json::to_string(&saved)?,
-            serde_json::to_string(fingerprint)?
-        );
-    }
-    let history: Vec<EpochRecord> = serde_json::from_str(field("history")?).with_context(|| in_file("history"))?;
-    let step: u64 = field("adam_step")?.parse().with_context(|| in_file("adam_step"))?;
-    let vars = varmap.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
-    for spec in parameter_specs(&fingerprint.model) {
-        let t = take_tensor(path, &mut tensors, &spec.name, &spec.shape)?;
-        vars.get(&spec.name).context("model parameter missing")?.set(&t)?;
-    }
-    let mut moments = Vec::new();
-    for name in adam.names() {
-        let shape = vars.get(name).context("optimiser parameter missing")?.dims().to_vec();
-        let mut flat = |kind: &str| -> anyhow::Result<Vec<f32>> {
-            Ok(take_tensor(path, &mut tensors, &format!("adam.{kind}.{name}"), &shape)?.flatten_all()?.to_vec1()?)
-        };
-        moments.push(Moments { m: flat("m")?, v: flat("v")? });
-    }
-    if let Some(ema) = ema {
-        let updates: u64 = field("ema_updates")?.parse().with_context(|| in_file("ema_updates"))?;
-        let mut averaged = Vec::new();
-        for name in ema.names() {
-            let shape = vars.get(name).context("averaged parameter missing")?.dims().to_vec();
-            let t = take_tensor(path, &mut tensors, &format!("{EMA_PREFIX}{name}"), &shape)?;
-            averaged.push(t.flatten_all()?.to_vec1()?);
-        }
-        ema.restore(updates, averaged).with_context(|| in_file("weight average"))?;
-    }
-    drop(vars);
-    adam.restore(step, moments).with_context(|| in_file("Adam state"))?;
-    let samples =
-        tensors.into_iter().filter_map(|(name, t)| Some((name.strip_prefix(SAMPLES_PREFIX)?.to_string(), t))).collect();
-    Ok((history, samples))
-}
-
-/// Keeps glibc from returning candle's large temporary buffers to the OS after every
-/// operation (and faulting them in again): measured here, that alone halved the step
-/// time. Call once at start-up.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters; called before other threads run.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
 }

@@ -7,7 +7,7 @@ use std::f64::consts::PI;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LrSchedule {
-    /// `--lr` throughout (the seed's).
+    /// `--lr` throughout (the reference's).
     Constant,
     /// Half a cosine from `--lr` down to `--lr × --lr-final-fraction` at the last step.
     Cosine,
@@ -75,9 +75,11 @@ impl KlPlan {
 /// A named set of training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Recipe {
-    /// The seed's stated settings: batch 32, Adam at a constant 1e-3, no warm-up, no
-    /// weight average, the plain VAE objective (β = 1).
-    Seed,
+    /// The published reference experiment's stated settings: batch 32, Adam at a constant
+    /// 1e-3, no warm-up, no weight average, the plain VAE objective (β = 1). `seed` (the
+    /// experiment this project started from) is accepted too.
+    #[value(alias = "seed")]
+    Reference,
 }
 
 #[cfg(test)]

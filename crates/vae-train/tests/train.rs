@@ -17,10 +17,10 @@ fn args(out: &Path, extra: &[&str]) -> TrainArgs {
     TrainArgs::try_parse_from(argv).unwrap()
 }
 
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vae-train-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A temporary directory for one test's runs, removed when it is dropped (also when the
+/// test fails).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 fn read(dir: &Path, name: &str) -> Vec<u8> {
@@ -29,8 +29,12 @@ fn read(dir: &Path, name: &str) -> Vec<u8> {
 
 #[test]
 fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes() {
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
     // Uninterrupted: 3 epochs.
-    let full = fresh_dir("full");
+    let full = root.path().join("full");
     let history = vae_train::run(&args(&full, &["--epochs", "3"])).unwrap();
     assert_eq!(history.len(), 3);
     let uniform = 784.0 * std::f64::consts::LN_2; // BCE of predicting 0.5 everywhere
@@ -66,7 +70,7 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
     }
 
     // Interrupted after epoch 1, then resumed to 3: the same bytes.
-    let resumed = fresh_dir("resumed");
+    let resumed = root.path().join("resumed");
     vae_train::run(&args(&resumed, &["--epochs", "1"])).unwrap();
     let again = vae_train::run(&args(&resumed, &["--epochs", "3", "--resume"])).unwrap();
     assert_eq!(again.len(), 3);
@@ -115,30 +119,29 @@ fn training_writes_every_output_lowers_the_loss_and_resumes_to_identical_bytes()
     vae_model::save_tensors(&checkpoint, &clean, Some(bad_step)).unwrap();
     let err = format!("{:#}", vae_train::run(&args(&resumed, &["--epochs", "4", "--resume"])).unwrap_err());
     assert!(err.contains("checkpoint.safetensors: adam_step"), "{err}");
-    for dir in [full, resumed] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 /// The hand-written CPU step trains like candle's autograd: one epoch on the same slice
 /// gives losses within 0.5 % (the paths differ only in float rounding).
 #[test]
 fn cpu_step_trains_like_autograd() {
-    let fast = fresh_dir("fast");
-    let reference = fresh_dir("autograd");
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
+    let fast = root.path().join("fast");
+    let reference = root.path().join("autograd");
     let a = vae_train::run(&args(&fast, &["--epochs", "1"])).unwrap();
     let b = vae_train::run(&args(&reference, &["--epochs", "1", "--autograd"])).unwrap();
     for (ours, theirs) in [(a[0].train_loss, b[0].train_loss), (a[0].test_loss, b[0].test_loss)] {
         assert!((ours - theirs).abs() < 0.005 * theirs, "{:?} vs {:?}", a[0], b[0]);
     }
     assert!(a[0].train_loss != b[0].train_loss, "the two runs took different paths");
-    for dir in [fast, reference] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
 fn bad_flags_and_data_are_clear_errors() {
+    let root = scratch();
     for (flag, bad) in [
         ("--epochs", "0"),
         ("--batch-size", "0"),
@@ -151,16 +154,15 @@ fn bad_flags_and_data_are_clear_errors() {
         let err = TrainArgs::try_parse_from(argv).unwrap_err().to_string();
         assert!(err.contains(flag), "{flag}={bad}: {err}");
     }
-    let out = fresh_dir("nodata");
+    let out = root.path().join("nodata");
     let mut a = args(&out, &["--epochs", "1"]);
-    a.data = PathBuf::from("/nonexistent/mnist");
+    a.data.dir = PathBuf::from("/nonexistent/mnist");
     let err = format!("{:#}", vae_train::run(&a).unwrap_err());
     assert!(err.contains("/nonexistent/mnist") && err.contains("training set"), "{err}");
-    let file = fresh_dir("file");
+    let file = root.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = format!("{:#}", vae_train::run(&args(&file, &["--epochs", "1"])).unwrap_err());
     assert!(err.contains("run directory"), "{err}");
-    std::fs::remove_file(file).unwrap();
 }
 
 /// Every output file that exists is complete and readable.
@@ -191,6 +193,10 @@ fn assert_outputs_valid(dir: &Path) {
 
 #[test]
 fn kill_nine_at_any_moment_leaves_valid_files_and_resume_finishes_identically() {
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
     let binary = env!("CARGO_BIN_EXE_vae-train");
     let data = data_dir();
     let command = |out: &Path, resume: bool| {
@@ -203,10 +209,10 @@ fn kill_nine_at_any_moment_leaves_valid_files_and_resume_finishes_identically() 
         cmd.stderr(std::process::Stdio::null());
         cmd
     };
-    let reference = fresh_dir("kill-reference");
+    let reference = root.path().join("kill-reference");
     assert!(command(&reference, false).status().unwrap().success());
 
-    let killed = fresh_dir("killed");
+    let killed = root.path().join("killed");
     for delay_ms in [150u64, 700, 1300, 400, 2100, 900] {
         let mut child = command(&killed, true).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
@@ -221,9 +227,6 @@ fn kill_nine_at_any_moment_leaves_valid_files_and_resume_finishes_identically() 
     for name in ["model.safetensors", "history.npy"] {
         assert!(read(&reference, name) == read(&killed, name), "{name} differs after kills and resumes");
     }
-    for dir in [reference, killed] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 /// A recipe (warm-up, step decay, weight average) resumes to the same bytes; the model
@@ -231,12 +234,16 @@ fn kill_nine_at_any_moment_leaves_valid_files_and_resume_finishes_identically() 
 /// part of the experiment.
 #[test]
 fn recipes_resume_to_identical_bytes_and_write_the_average() {
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
     let recipe = ["--warmup-epochs", "1", "--lr-schedule", "step", "--lr-step-epochs", "1", "--ema", "0.99"];
     let with = |extra: &[&'static str]| [&recipe[..], extra].concat();
-    let full = fresh_dir("recipe-full");
+    let full = root.path().join("recipe-full");
     let history = vae_train::run(&args(&full, &with(&["--epochs", "3"]))).unwrap();
     assert!(history[2].train_loss < history[0].train_loss, "{history:?}");
-    let resumed = fresh_dir("recipe-resumed");
+    let resumed = root.path().join("recipe-resumed");
     vae_train::run(&args(&resumed, &with(&["--epochs", "1"]))).unwrap();
     vae_train::run(&args(&resumed, &with(&["--epochs", "3", "--resume"]))).unwrap();
     for name in ["model.safetensors", "history.npy", "samples.safetensors"] {
@@ -260,18 +267,15 @@ fn recipes_resume_to_identical_bytes_and_write_the_average() {
     // Resuming another recipe, or a cosine run with another length, is refused.
     let err = vae_train::run(&args(&resumed, &["--epochs", "4", "--resume"])).unwrap_err();
     assert!(format!("{err:#}").contains("different run"), "{err:#}");
-    let cosine = fresh_dir("recipe-cosine");
+    let cosine = root.path().join("recipe-cosine");
     vae_train::run(&args(&cosine, &["--epochs", "1", "--lr-schedule", "cosine"])).unwrap();
     let err = vae_train::run(&args(&cosine, &["--epochs", "2", "--lr-schedule", "cosine", "--resume"])).unwrap_err();
     assert!(format!("{err:#}").contains("different run"), "{err:#}");
-    // The seed's preset is the defaults, and refuses flags that would change it.
-    let seed = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "seed"]).unwrap();
+    // The reference's preset is the defaults, and refuses flags that would change it.
+    let seed = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "reference"]).unwrap();
     assert_eq!((seed.batch_size, seed.lr, seed.ema), (32, 1e-3, None));
     let clash = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "seed", "--ema", "0.9"]);
     assert!(clash.unwrap_err().to_string().contains("--ema"));
-    for dir in [full, resumed, cosine] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 /// `vae-eval --k 5000` (the IWAE paper's figure) stays within its memory bound: the
@@ -279,7 +283,11 @@ fn recipes_resume_to_identical_bytes_and_write_the_average() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_large_k_evaluates_in_bounded_memory() {
-    let dir = fresh_dir("eval-k");
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
+    let dir = root.path().join("eval-k");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = vae_model::VaeConfig::default();
     let varmap = candle_nn::VarMap::new();
@@ -302,7 +310,6 @@ fn a_large_k_evaluates_in_bounded_memory() {
     assert!(peak_gib < 2.0, "peak resident memory of vae-eval --k 5000: {peak_gib:.2} GiB");
     let eval: serde_json::Value = serde_json::from_slice(&read(&dir, "eval.json")).unwrap();
     assert!(eval["iwae"].as_f64().unwrap() >= eval["elbo"].as_f64().unwrap());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A β-VAE (β = 4) ends its epoch with a smaller KL term than the VAE, through the CPU
@@ -311,7 +318,11 @@ fn a_large_k_evaluates_in_bounded_memory() {
 /// (Eight steps are too few for the reconstruction's side of the trade to show reliably.)
 #[test]
 fn beta_weights_the_kl_term_on_both_paths() {
-    let dirs = ["beta1", "beta4", "beta4-autograd", "beta-warmup"].map(fresh_dir);
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
+    let dirs = ["beta1", "beta4", "beta4-autograd", "beta-warmup"].map(|name| root.path().join(name));
     let runs = [
         &["--epochs", "1"][..],
         &["--epochs", "1", "--beta", "4"],
@@ -325,7 +336,4 @@ fn beta_weights_the_kl_term_on_both_paths() {
     assert!(h[3].train_kl > h[0].train_kl, "less pressure on the KL while annealing: {:?} vs {:?}", h[3], h[0]);
     let config: serde_json::Value = serde_json::from_slice(&read(&dirs[1], "config.json")).unwrap();
     assert_eq!(config["kl_weight"]["beta"], 4.0);
-    for dir in dirs {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }

@@ -1,4 +1,4 @@
-//! `viz`: renders the seed's figures (and the ones VAE users expect) as PNG, from the
+//! `viz`: renders the reference's figures (and the ones VAE users expect) as PNG, from the
 //! files the other stages wrote. No system font or graphics library is needed: plotters
 //! draws on an in-memory bitmap with the DejaVu font compiled in.
 
@@ -29,12 +29,14 @@ pub enum Figure {
     Tsne,
     /// confusion.png: the classifier's confusion matrix as a heat map
     Confusion,
-    /// loss.png: losses per epoch beside the seed's
+    /// loss.png: losses per epoch beside the reference's
     Loss,
     /// latent_traversal.png: decodings along each latent dimension
     Traversal,
     /// interpolation.png: decodings along lines between test images' latent means
     Interpolation,
+    /// kl_per_dimension.png: the KL of each latent dimension, from eval.json (vae-eval)
+    Kl,
 }
 
 /// Command-line flags of `viz`.
@@ -44,9 +46,9 @@ pub struct VizArgs {
     /// The run directory written by vae-train (and latent-features, classifier)
     #[arg(long)]
     pub run: PathBuf,
-    /// Directory with the IDX files (for the originals and the traversal's digit)
-    #[arg(long, default_value = "data/mnist")]
-    pub data: PathBuf,
+    /// --data: the dataset directory
+    #[command(flatten)]
+    pub data: vae_data::cli::DataArgs,
     /// Draw only these figures (comma-separated) [default: all]
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Figure>,
@@ -64,14 +66,16 @@ pub struct VizArgs {
 /// Draws the requested figures; returns each one's outcome.
 pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
     anyhow::ensure!(args.run.is_dir(), "run directory {} does not exist", args.run.display());
-    let checksums = vae_data::load_split(&args.data, vae_data::SplitKind::Test).map(|test| test.checksums);
+    let checksums = vae_data::load_split(&args.data.dir, vae_data::SplitKind::Test).map(|test| test.checksums);
     let checksums = checksums.unwrap_or_default();
     let inputs = Inputs {
         run: &args.run,
-        data: &args.data,
-        figures: args.run.join("figures"),
+        data: &args.data.dir,
+        figures: args.run.join(vae_data::run::file::FIGURES_DIR),
         class_names: vae_data::class_names(&checksums),
-        seed_comparable: vae_data::identify(&checksums).is_some_and(|d| d.name == vae_data::MNIST.name),
+        reference: vae_data::identify(&checksums)
+            .is_some_and(|d| d.name == vae_data::MNIST.name)
+            .then(vae_data::run::Reference::published),
     };
     std::fs::create_dir_all(&inputs.figures).with_context(|| format!("creating {}", inputs.figures.display()))?;
     let wanted = if args.only.is_empty() { Figure::value_variants().to_vec() } else { args.only.clone() };
@@ -88,6 +92,7 @@ pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
             Figure::Loss => figures::loss(&inputs),
             Figure::Traversal => figures::traversal(&inputs),
             Figure::Interpolation => figures::interpolation(&inputs),
+            Figure::Kl => figures::kl_per_dimension(&inputs),
         }
         .with_context(|| format!("drawing {figure:?}"))?;
         match &outcome {
@@ -112,8 +117,8 @@ mod tests {
             assert_eq!(text.parse::<i64>().unwrap(), matrix[r * 10 + c]);
         }
         // A run directory with only a confusion matrix: that figure is drawn, the rest skipped.
-        let run = std::env::temp_dir().join(format!("viz-test-{}", std::process::id()));
-        std::fs::create_dir_all(&run).unwrap();
+        let run_tmp = tempfile::tempdir().unwrap();
+        let run = run_tmp.path().to_path_buf();
         vae_data::write_npy_i64(&run.join("confusion.npy"), &[10, 10], &matrix).unwrap();
         let args =
             VizArgs::try_parse_from(["viz", "--run", run.to_str().unwrap(), "--only", "confusion,loss,tsne"]).unwrap();
@@ -123,15 +128,31 @@ mod tests {
         assert!(matches!(&outcomes[2], (Figure::Tsne, Outcome::Skipped(why)) if why.contains("test_latents.npy")));
         let png = image::open(run.join("figures/confusion.png")).unwrap();
         assert!(png.width() > 500 && png.height() > 500);
-        std::fs::remove_dir_all(run).unwrap();
+        // The KL bars come from eval.json: skipped without it, drawn with it.
+        let kl = |run: &std::path::Path| {
+            let args = VizArgs::try_parse_from(["viz", "--run", run.to_str().unwrap(), "--only", "kl"]).unwrap();
+            run_figures(&args).remove(0).1
+        };
+        assert!(matches!(kl(&run), Outcome::Skipped(why) if why.contains("eval.json")));
+        let eval = vae_data::run::EvalSummary {
+            k: 16,
+            images: 10,
+            elbo: -100.0,
+            iwae: -98.0,
+            test_loss_at_mean: 97.0,
+            kl_per_dimension: vec![4.5, 0.001, 3.25],
+            active_units: 2,
+        };
+        std::fs::write(run.join("eval.json"), serde_json::to_string(&eval).unwrap()).unwrap();
+        assert!(matches!(kl(&run), Outcome::Written(_, note) if note.contains("3 dimensions, 7.75 nats")));
     }
 
     /// Degenerate but well-formed inputs, damaged inputs and a mistyped run directory
     /// are errors naming the file, never a panic, a skip or a new directory.
     #[test]
     fn degenerate_or_damaged_inputs_and_missing_runs_are_errors() {
-        let dir = std::env::temp_dir().join(format!("viz-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir_tmp = tempfile::tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         let draw = |only: &str| {
             let args = VizArgs::try_parse_from(["viz", "--run", dir.to_str().unwrap(), "--only", only]).unwrap();
             format!("{:#}", super::run(&args).unwrap_err())
@@ -158,10 +179,10 @@ mod tests {
         vae_data::write_npy_i64(&dir.join("test_labels.npy"), &[200], &[1; 200]).unwrap();
         let err = draw("tsne");
         assert!(err.contains("test_latents.npy") && err.contains("[200, 0]"), "{err}");
-        // A history without the KL columns: the KL panel says so, the figure is drawn.
+        // A history of another shape is an error naming the file and the field.
         std::fs::write(dir.join("history.json"), r#"[{"epoch": 0, "train_loss": 200.0}]"#).unwrap();
-        let args = VizArgs::try_parse_from(["viz", "--run", dir.to_str().unwrap(), "--only", "loss"]).unwrap();
-        assert!(matches!(super::run(&args).unwrap()[0], (Figure::Loss, Outcome::Written(..))));
+        let err = draw("loss");
+        assert!(err.contains("history.json") && err.contains("train_bce"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
 
         let missing = dir.join("typo");

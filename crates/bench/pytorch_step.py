@@ -1,7 +1,7 @@
 """The seed's model in PyTorch: training-step and encoder timings to set beside `cargo xtask bench`.
 
 Not run by CI. Install PyTorch (`pip install torch`) and run
-`python3 crates/vae-train/benches/pytorch_step.py [--threads 2] [--bf16]`; it prints the median
+`python3 crates/bench/pytorch_step.py [--threads 2] [--bf16]`; it prints the median
 (and spread) of 7 timed steps after 2 warm-ups at batch 128 and 32, and the encoder at batch 500,
 on random images, in the line format of `cargo xtask bench` (which runs it interleaved with
 its own step under `cargo xtask bench --pytorch PYTHON`). `--bf16` runs the forward pass and

@@ -1,54 +1,20 @@
-//! `cargo xtask bench` (or `cargo bench -p vae-train --bench throughput`): measured speed
-//! of every hot path on this machine, against a measured FP32 GEMM peak.
+//! `cargo xtask bench` (or `cargo bench -p vae-bench --bench throughput`): the machine's
+//! measured arithmetic peaks and the whole training step (forward, backward, Adam) against
+//! them, through the CPU step that `vae-train` uses and through candle's autograd.
 //!
 //! Each figure is the median over repeated runs after a warm-up, with the spread
 //! (min–max). Pass `--quick` for fewer repetitions, `--only SECTION` (peak, step,
-//! autograd, ops, encoder, classifier, tsne; repeatable) to run only some sections.
+//! autograd; repeatable) to run only some sections. The per-layer breakdown and the
+//! encoder are `vae-model`'s bench, the LinearSVC fit `classifier`'s, t-SNE `viz`'s.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use classifier::LinearSvcParams;
-use linfa::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use vae_data::timing::measure;
 use vae_model::{CpuStep, Vae, VaeConfig, init_varmap, loss_terms};
 use vae_train::adam::{Adam, AdamConfig, named_vars};
-
-/// Multiply-adds of one forward pass per image (conv1, conv2, the five encoder and
-/// three decoder linears, deconv1, deconv2).
-const FORWARD_MACS: f64 = (16.0 * 9.0 * 676.0)
-    + (32.0 * 144.0 * 576.0)
-    + (18432.0 * 512.0 + 512.0 * 256.0 + 2.0 * 256.0 * 10.0)
-    + (10.0 * 256.0 + 256.0 * 512.0 + 512.0 * 18432.0)
-    + (32.0 * 16.0 * 9.0 * 576.0)
-    + (16.0 * 9.0 * 676.0);
-/// FLOPs of one training step per image: forward, and a backward of twice its cost.
-const STEP_FLOP: f64 = 3.0 * 2.0 * FORWARD_MACS;
-
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn measure(reps: usize, mut f: impl FnMut()) -> Stats {
-    f(); // warm-up
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    Stats { median: t[t.len() / 2], min: t[0], max: t[t.len() - 1] }
-}
-
-fn ms(s: &Stats) -> String {
-    format!("{:8.1} ms (spread {:.1}–{:.1})", s.median * 1e3, s.min * 1e3, s.max * 1e3)
-}
 
 fn gemm_peak(threads: usize, reps: usize) -> f64 {
     // SAFETY: the benchmark is single-threaded here; candle reads the variable per call.
@@ -60,7 +26,7 @@ fn gemm_peak(threads: usize, reps: usize) -> f64 {
         black_box(a.matmul(&b).unwrap());
     });
     let gflops = 2.0 * 1024f64.powi(3) / s.median / 1e9;
-    println!("GEMM 1024³, {threads} thread(s): {}  → {gflops:6.1} GFLOP/s", ms(&s));
+    println!("GEMM 1024³, {threads} thread(s): {}  → {gflops:6.1} GFLOP/s", s);
     // SAFETY: as above.
     unsafe { std::env::remove_var("RAYON_NUM_THREADS") };
     gflops
@@ -84,7 +50,7 @@ fn fma_peaks(threads: usize, reps: usize) -> Vec<(&'static str, f64)> {
                 })
             });
             let gflops = (threads * ITERS * 12 * lanes * 2) as f64 / s.median / 1e9;
-            println!("FMA peak {name:8}, {threads} thread(s): {}  → {gflops:6.1} GFLOP/s", ms(&s));
+            println!("FMA peak {name:8}, {threads} thread(s): {}  → {gflops:6.1} GFLOP/s", s);
             peaks.push((name, gflops));
         };
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -150,7 +116,7 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
 fn training_step(batch: usize, reps: usize, peaks: Peaks, autograd: bool) {
     let dev = Device::Cpu;
     let (varmap, vae) = model(&dev);
-    let mut adam = Adam::new(named_vars(&varmap), AdamConfig::default());
+    let mut adam = Adam::new(named_vars(&varmap).unwrap(), AdamConfig::default());
     let mut cpu_step = CpuStep::new(vae.config(), &varmap).unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     let x = random(&[batch, 1, 28, 28], &mut rng);
@@ -167,95 +133,19 @@ fn training_step(batch: usize, reps: usize, peaks: Peaks, autograd: bool) {
             adam.step_with(|name| cpu_step.grad(name)).unwrap();
         }
     });
-    let gflops = STEP_FLOP * batch as f64 / s.median / 1e9;
+    // FLOPs per image: the forward pass's multiply-adds, and a backward of twice its cost.
+    let step_flop = 3.0 * 2.0 * vae.config().forward_multiply_adds() as f64;
+    let gflops = step_flop * batch as f64 / s.median / 1e9;
     println!(
         "training step, batch {batch:3}{}: {}  {:6.0} images/s  {gflops:5.1} GFLOP/s  {:4.1}% of the {} FMA peak, {:4.1}% of GEMM 1024³  → {:.0} s per 60k-image training epoch",
         if autograd { " (candle autograd)" } else { "" },
-        ms(&s),
+        s,
         batch as f64 / s.median,
         100.0 * gflops / peaks.fma.1,
         peaks.fma.0,
         100.0 * gflops / peaks.gemm,
         60_000.0 / batch as f64 * s.median
     );
-}
-
-/// Where a training step of [`CpuStep`] spends its time at `batch`, layer by layer
-/// (medians over the repetitions), and the Adam update.
-fn per_operation(batch: usize, reps: usize) {
-    let (varmap, vae) = model(&Device::Cpu);
-    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
-    let mut rng = StdRng::seed_from_u64(1);
-    let pixels = random(&[batch, 784], &mut rng).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let noise = random(&[batch, 10], &mut rng).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut runs: Vec<Vec<(&str, f64, f64)>> = Vec::new();
-    measure(reps, || {
-        step.run(&pixels, &noise).unwrap();
-        runs.push(step.layer_seconds().collect());
-    });
-    println!("per layer at batch {batch} (forward | backward, ReLU and bias included):");
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    for (i, (name, _, _)) in runs[0].iter().enumerate() {
-        let fwd = median(runs[1..].iter().map(|r| r[i].1).collect());
-        let bwd = median(runs[1..].iter().map(|r| r[i].2).collect());
-        println!("  {name:12} {:7.1} ms | {:7.1} ms", fwd * 1e3, bwd * 1e3);
-    }
-    let mut adam = Adam::new(named_vars(&varmap), AdamConfig::default());
-    let s = measure(reps, || adam.step_with(|name| step.grad(name)).unwrap());
-    println!("  {:12} {}  (19.2 M parameters)", "adam step", ms(&s));
-}
-
-/// The encoder on 500 images: the CPU kernels that `latent-features` uses, and candle's
-/// graph for reference.
-fn encoder(reps: usize) {
-    let (varmap, vae) = model(&Device::Cpu);
-    let x = random(&[500, 1, 28, 28], &mut StdRng::seed_from_u64(2));
-    let pixels = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
-    let cpu = measure(reps, || {
-        black_box(step.encode(&pixels).unwrap());
-    });
-    let candle = measure(reps, || {
-        black_box(vae.encode(&x).unwrap());
-    });
-    for (name, s) in [("", cpu), (" (candle graph)", candle)] {
-        println!("encoder, 500 images{name}: {}  {:7.0} images/s", ms(&s), 500.0 / s.median);
-    }
-}
-
-/// Ten Gaussian clusters in 20-D, a stand-in for latent features.
-fn clusters(n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<usize>) {
-    let centres: Vec<f32> = (0..200).map(|_| rng.random_range(-3.0..3.0)).collect();
-    let mut x = Vec::with_capacity(n * 20);
-    let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
-    for &l in &labels {
-        x.extend((0..20).map(|d| centres[l * 20 + d] + rng.random_range(-2.0f32..2.0)));
-    }
-    (x, labels)
-}
-
-fn classifier_fit(reps: usize) {
-    let (x, y) = clusters(60_000, &mut StdRng::seed_from_u64(3));
-    let x = ndarray::Array2::from_shape_vec((60_000, 20), x.into_iter().map(f64::from).collect()).unwrap();
-    let data = Dataset::new(x, ndarray::Array1::from(y));
-    let mut iterations = 0;
-    let s = measure(reps, || {
-        iterations =
-            LinearSvcParams::default().fit(&data).unwrap().convergence.iter().map(|c| c.iterations).max().unwrap()
-    });
-    println!("LinearSVC fit, 60000×20, 10 classes: {}  ({iterations} passes at most)", ms(&s));
-}
-
-fn tsne(reps: usize) {
-    let (x, y) = clusters(10_000, &mut StdRng::seed_from_u64(4));
-    let params = viz::tsne::TsneParams { perplexity: 30.0, epochs: 1000, theta: 0.5, seed: 0 };
-    let mut embedding = Vec::new();
-    let s = measure(reps, || embedding = viz::tsne::embed(&x, 20, params).unwrap());
-    let agreement = viz::tsne::knn_agreement(&embedding, 2, &y, 10);
-    println!("t-SNE, 10000×20, 1000 iterations: {}  (10-NN label agreement {agreement:.3})", ms(&s));
 }
 
 /// The measured peaks "% of peak" is given against: the widest instruction set's FMA
@@ -267,10 +157,10 @@ struct Peaks {
 }
 
 /// The sections `--only` can name.
-const SECTIONS: [&str; 7] = ["peak", "step", "autograd", "ops", "encoder", "classifier", "tsne"];
+const SECTIONS: [&str; 3] = ["peak", "step", "autograd"];
 
 fn main() {
-    vae_train::tune_allocator();
+    vae_data::cli::init(None);
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
@@ -298,19 +188,5 @@ fn main() {
         if run("autograd") {
             training_step(batch, reps, peaks, true);
         }
-    }
-    if run("ops") {
-        for batch in [128, 32] {
-            per_operation(batch, reps);
-        }
-    }
-    if run("encoder") {
-        encoder(reps);
-    }
-    if run("classifier") {
-        classifier_fit(if quick { 1 } else { 3 });
-    }
-    if run("tsne") {
-        tsne(if quick { 1 } else { 3 });
     }
 }

@@ -1,0 +1,80 @@
+//! `cargo bench -p vae-model --bench model` (part of `cargo xtask bench`): where the CPU
+//! step spends its time, layer by layer, and the encoder on the CPU kernels against
+//! candle's graph. `--quick` for fewer repetitions, `--only ops|encoder` for one section.
+
+use std::hint::black_box;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use vae_data::timing::measure;
+use vae_model::{CpuStep, Vae, VaeConfig, init_varmap};
+
+fn model() -> (VarMap, Vae) {
+    let cfg = VaeConfig::default();
+    let varmap = VarMap::new();
+    init_varmap(&varmap, &cfg, 0, &Device::Cpu).unwrap();
+    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    (varmap, vae)
+}
+
+fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random::<f32>()).collect()
+}
+
+/// Where a [`CpuStep`] forward and backward pass spends its time at `batch`, layer by
+/// layer (medians over the repetitions).
+fn per_layer(batch: usize, reps: usize) {
+    let (varmap, vae) = model();
+    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
+    let (pixels, noise) = (uniform(batch * 784, 1), uniform(batch * 10, 2));
+    let mut runs: Vec<Vec<(&str, f64, f64)>> = Vec::new();
+    let whole = measure(reps, || {
+        step.run(&pixels, &noise).unwrap();
+        runs.push(step.layer_seconds().collect());
+    });
+    println!("per layer at batch {batch} (forward | backward, ReLU and bias included); whole pass {whole}:");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (i, (name, _, _)) in runs[0].iter().enumerate() {
+        let fwd = median(runs[1..].iter().map(|r| r[i].1).collect());
+        let bwd = median(runs[1..].iter().map(|r| r[i].2).collect());
+        println!("  {name:14} {:7.1} ms | {:7.1} ms", fwd * 1e3, bwd * 1e3);
+    }
+}
+
+/// The encoder on 500 images: the CPU kernels that `latent-features` uses, and candle's
+/// graph for reference.
+fn encoder(reps: usize) {
+    let (varmap, vae) = model();
+    let pixels = uniform(500 * 784, 3);
+    let x = Tensor::from_slice(&pixels, (500, 1, 28, 28), &Device::Cpu).unwrap();
+    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
+    let cpu = measure(reps, || {
+        black_box(step.encode(&pixels).unwrap());
+    });
+    let candle = measure(reps, || {
+        black_box(vae.encode(&x).unwrap());
+    });
+    for (name, s) in [("", cpu), (" (candle graph)", candle)] {
+        println!("encoder, 500 images{name}: {s}  {:7.0} images/s", 500.0 / s.median);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let reps = if args.iter().any(|a| a == "--quick") { 3 } else { 7 };
+    let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
+    let run = |section: &str| only.is_empty() || only.contains(&section);
+    if run("ops") {
+        for batch in [128, 32] {
+            per_layer(batch, reps);
+        }
+    }
+    if run("encoder") {
+        encoder(reps);
+    }
+}

@@ -1,0 +1,272 @@
+//! The layers' forward and backward kernels on batches, and the loss gradient: each
+//! product through [`super::products`], bias, ReLU and sums fused into single passes.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::products::{Mat, matmul, matmul_with, parallelism_for, product, sum_of_products};
+use super::{BatchLoss, Grads, Params};
+use crate::{KERNEL, Layer, col2im_add, im2col};
+
+const KK: usize = KERNEL * KERNEL;
+
+/// Values of one image's im2col columns for convolution `layer`: `(in·k·k, side'²)`.
+pub(super) fn columns_len(layer: &Layer) -> usize {
+    layer.inputs * KK * layer.output_side().pow(2)
+}
+
+/// Batches of at most this many rows go through [`linear_forward`]'s column-major product.
+const COLUMN_MAJOR_ROWS: usize = 128;
+
+/// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. For up to
+/// [`COLUMN_MAJOR_ROWS`] rows and a layer that narrows (`in ≥ out`), the product is
+/// computed column-major into `scratch` and transposed back: gemm then reads the weight
+/// in place instead of packing it. For the 18432→512 layer that is 1.2–1.7× faster at
+/// batch 32 and 128; it is slower at 512 rows, and for the widening 512→18432 layer it
+/// made the backward pass slower (BENCHMARKS.md).
+pub(super) fn linear_forward(layer: &Layer, x: &[f32], p: Params, out: &mut [f32], b: usize, scratch: &mut Vec<f32>) {
+    let (n_out, n_in, relu) = (layer.outputs, layer.inputs, layer.relu);
+    let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
+    if b > COLUMN_MAJOR_ROWS || n_in < n_out {
+        matmul(out, x, weight_t, false);
+        add_bias(out, p.bias, 1, relu);
+        return;
+    }
+    if scratch.len() < out.len() {
+        scratch.resize(out.len(), 0.0);
+    }
+    let out_t = &mut scratch[..out.len()];
+    let parallelism = parallelism_for(&x, &weight_t);
+    product(out_t, true, x, weight_t, false, parallelism);
+    let out_t = &*out_t;
+    out.par_chunks_mut(n_out).enumerate().for_each(|(i, row)| {
+        for ((v, t), bias) in row.iter_mut().zip(out_t[i..].iter().step_by(b)).zip(p.bias) {
+            *v = if relu { (t + bias).max(0.0) } else { t + bias };
+        }
+    });
+}
+
+/// Adds `bias[c]` to every value of plane `c` of `out` `(…, channels, plane)`, then
+/// applies a ReLU if `relu`.
+fn add_bias(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
+    for (values, bias) in out.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
+        for v in values {
+            *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
+        }
+    }
+}
+
+/// Gradients of a linear layer from the gradient `g` `(b, out)` of its output and its
+/// input `x` `(b, in)`: the weight's and bias's into `grads`, the input's into `g_in` if
+/// given.
+pub(super) fn linear_backward(
+    g: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    grads: &mut Grads,
+    g_in: Option<&mut [f32]>,
+    b: usize,
+) {
+    let (n_out, n_in) = (g.len() / b, x.len() / b);
+    matmul(&mut grads.weight, Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in), false);
+    grads.bias.fill(0.0);
+    for row in g.chunks_exact(n_out) {
+        for (acc, v) in grads.bias.iter_mut().zip(row) {
+            *acc += v;
+        }
+    }
+    if let Some(g_in) = g_in {
+        matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
+    }
+}
+
+/// `g_in += g · W` for a linear layer's output gradient `g` `(b, out)`: its share of an
+/// input gradient that another layer reading the same input has written.
+pub(super) fn linear_input_gradient_add(g: &[f32], weight: &[f32], g_in: &mut [f32], b: usize) {
+    let (n_out, n_in) = (g.len() / b, g_in.len() / b);
+    matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), true);
+}
+
+/// Zeroes the gradient `g` wherever the ReLU output `act` is not positive.
+pub(super) fn relu_mask(g: &mut [f32], act: &[f32]) {
+    g.par_chunks_mut(1 << 14).zip(act.par_chunks(1 << 14)).for_each(|(g, act)| {
+        for (g, a) in g.iter_mut().zip(act) {
+            if *a <= 0.0 {
+                *g = 0.0;
+            }
+        }
+    });
+}
+
+/// Convolution `layer` and its ReLU on a batch `x` of input images: keeps each image's
+/// columns ([`columns_len`]) in `cols` for the backward pass.
+pub(super) fn conv_forward(layer: &Layer, x: &[f32], cols: &mut [f32], p: Params, out: &mut [f32]) {
+    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
+    let (n_out, ckk, hw) = (layer.outputs, c * KK, so * so);
+    cols.par_chunks_mut(ckk * hw).zip(x.par_chunks(c * s * s)).zip(out.par_chunks_mut(n_out * hw)).for_each(
+        |((cols, img), out)| {
+            im2col(img, (c, s, s), KERNEL, cols);
+            matmul_with(out, Mat::rows(p.weight, n_out, ckk), Mat::rows(cols, ckk, hw), false, Parallelism::None);
+            add_bias(out, p.bias, hw, layer.relu);
+        },
+    );
+}
+
+/// Gradients of a [`conv_forward`] layer from `g`, the gradient of its output (already
+/// masked by the ReLU), and the saved columns: weight and bias into `grads`, the input's
+/// into `g_in` if given.
+pub(super) fn conv_backward(
+    layer: &Layer,
+    g: &[f32],
+    cols: &[f32],
+    scratch: &mut [f32],
+    weight: &[f32],
+    grads: &mut Grads,
+    g_in: Option<&mut [f32]>,
+) {
+    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
+    let (n_out, ckk, hw) = (layer.outputs, c * KK, so * so);
+    let b = g.len() / (n_out * hw);
+    // dW = Σ_b g_b (out × hw) · cols_bᵀ (hw × ckk)
+    sum_of_products(&mut grads.weight, b, |i| {
+        (
+            Mat::rows(&g[i * n_out * hw..(i + 1) * n_out * hw], n_out, hw),
+            Mat::rows(&cols[i * ckk * hw..(i + 1) * ckk * hw], ckk, hw).t(),
+        )
+    });
+    channel_sums(g, n_out, hw, &mut grads.bias);
+    if let Some(g_in) = g_in {
+        // dcols_b = Wᵀ (ckk × out) · g_b, then summed back into the image.
+        let scratch = &mut scratch[..b * ckk * hw];
+        scratch.par_chunks_mut(ckk * hw).zip(g.par_chunks(n_out * hw)).zip(g_in.par_chunks_mut(c * s * s)).for_each(
+            |((dcols, g), g_in)| {
+                matmul_with(
+                    dcols,
+                    Mat::rows(weight, n_out, ckk).t(),
+                    Mat::rows(g, n_out, hw),
+                    false,
+                    Parallelism::None,
+                );
+                g_in.fill(0.0);
+                col2im_add(dcols, (c, s, s), KERNEL, g_in);
+            },
+        );
+    }
+}
+
+/// Transposed convolution `layer` (and its ReLU, if any) on a batch `x` of input images.
+pub(super) fn deconv_forward(layer: &Layer, x: &[f32], scratch: &mut [f32], p: Params, out: &mut [f32]) {
+    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
+    let (n_out, hw) = (layer.outputs, s * s);
+    let okk = n_out * KK;
+    let b = x.len() / (c * hw);
+    let scratch = &mut scratch[..b * okk * hw];
+    scratch.par_chunks_mut(okk * hw).zip(x.par_chunks(c * hw)).zip(out.par_chunks_mut(n_out * so * so)).for_each(
+        |((cols, x), out)| {
+            // cols (out·k·k × hw) = Wᵀ · x_b, W being (c × out·k·k)
+            matmul_with(cols, Mat::rows(p.weight, c, okk).t(), Mat::rows(x, c, hw), false, Parallelism::None);
+            out.fill(0.0);
+            col2im_add(cols, (n_out, so, so), KERNEL, out);
+            add_bias(out, p.bias, so * so, layer.relu);
+        },
+    );
+}
+
+/// Gradients of a [`deconv_forward`] layer from `g`, the gradient of its output, and its
+/// input `x`: weight and bias into `grads`, the input's into `g_in`.
+pub(super) fn deconv_backward(
+    layer: &Layer,
+    g: &[f32],
+    x: &[f32],
+    scratch: &mut [f32],
+    weight: &[f32],
+    grads: &mut Grads,
+    g_in: &mut [f32],
+) {
+    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
+    let n_out = layer.outputs;
+    let (okk, hw) = (n_out * KK, s * s);
+    let b = x.len() / (c * hw);
+    let scratch = &mut scratch[..b * okk * hw];
+    // gcols_b = im2col(g_b) (out·k·k × hw); g_in_b = W (c × out·k·k) · gcols_b
+    scratch.par_chunks_mut(okk * hw).zip(g.par_chunks(n_out * so * so)).zip(g_in.par_chunks_mut(c * hw)).for_each(
+        |((gcols, g), g_in)| {
+            im2col(g, (n_out, so, so), KERNEL, gcols);
+            matmul_with(g_in, Mat::rows(weight, c, okk), Mat::rows(gcols, okk, hw), false, Parallelism::None);
+        },
+    );
+    // dW (c × out·k·k) = Σ_b x_b (c × hw) · gcols_bᵀ
+    let scratch = &*scratch;
+    sum_of_products(&mut grads.weight, b, |i| {
+        (
+            Mat::rows(&x[i * c * hw..(i + 1) * c * hw], c, hw),
+            Mat::rows(&scratch[i * okk * hw..(i + 1) * okk * hw], okk, hw).t(),
+        )
+    });
+    channel_sums(g, n_out, so * so, &mut grads.bias);
+}
+
+/// `sums[c] = Σ_b Σ_p g[b, c, p]` for `g` `(b, channels, plane)`.
+fn channel_sums(g: &[f32], channels: usize, plane: usize, sums: &mut [f32]) {
+    sums.fill(0.0);
+    for image in g.chunks_exact(channels * plane) {
+        for (sum, plane) in sums.iter_mut().zip(image.chunks_exact(plane)) {
+            *sum += plane.iter().sum::<f32>();
+        }
+    }
+}
+
+/// The posterior and its gradients, for [`loss_gradient`].
+pub(super) struct Posterior<'a> {
+    /// Means, `(b, latent)`.
+    pub mu: &'a [f32],
+    /// Log-variances.
+    pub logvar: &'a [f32],
+    /// Standard deviations `exp(logvar / 2)`.
+    pub std: &'a [f32],
+    /// Receives the KL term's gradient with respect to `mu`.
+    pub g_mu: &'a mut [f32],
+    /// Receives the KL term's gradient with respect to `logvar`.
+    pub g_logvar: &'a mut [f32],
+}
+
+/// The loss sums of a batch of `b` images `x`, and the gradients of
+/// `(BCE + kl_weight · KL) / B` with respect to the `logits` (into `g_logits`) and,
+/// through the KL term only, to the posterior's parameters (the decoder's share is added
+/// in the backward pass).
+pub(super) fn loss_gradient(
+    logits: &[f32],
+    x: &[f32],
+    g_logits: &mut [f32],
+    q: Posterior,
+    b: usize,
+    kl_weight: f32,
+) -> BatchLoss {
+    let inv_b = 1.0 / b as f32;
+    let kl_scale = kl_weight * inv_b;
+    const CHUNK: usize = 1 << 12;
+    let bce: f64 = logits
+        .par_chunks(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .zip(g_logits.par_chunks_mut(CHUNK))
+        .map(|((l, x), g)| {
+            let mut sum = 0.0f64;
+            for i in 0..l.len() {
+                let (l, x) = (l[i], x[i]);
+                let e = (-l.abs()).exp();
+                sum += f64::from(l.max(0.0) - l * x + e.ln_1p());
+                let sigmoid = if l >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+                g[i] = (sigmoid - x) * inv_b;
+            }
+            sum
+        })
+        .sum();
+    let mut kl = 0.0f64;
+    for i in 0..q.mu.len() {
+        let (mu, logvar, var) = (q.mu[i], q.logvar[i], q.std[i] * q.std[i]);
+        kl += 0.5 * f64::from(var + mu * mu - logvar - 1.0);
+        q.g_mu[i] = mu * kl_scale;
+        q.g_logvar[i] = 0.5 * (var - 1.0) * kl_scale;
+    }
+    BatchLoss { bce, kl }
+}

@@ -1,0 +1,211 @@
+//! The model on the CPU without candle's graph: a training step with a hand-written
+//! backward pass, and a batched encoder.
+//!
+//! candle's autograd is general: every node of the graph gets a freshly zeroed gradient
+//! buffer that its contributions are added into, ReLU and bias gradients go through
+//! generic masked and strided kernels, and every intermediate is a new allocation. For a
+//! fixed, small model on two cores those costs are a large part of a step. [`CpuStep`]
+//! computes the same objective, `(BCE + KL) / B`, and its gradients for every parameter
+//! of the [`Vae`](crate::Vae) with explicit GEMMs (the `gemm` crate that candle's CPU
+//! backend uses) into buffers kept from step to step: convolutions as per-image
+//! im2col/col2im products spread over the cores, fully-connected layers as one
+//! multi-threaded product each, the bias, ReLU and loss gradients fused into single
+//! passes. candle's autograd stays the reference: tests compare every gradient with it.
+//! [`CpuStep::encode`] runs the encoder's half of the same forward pass.
+
+mod kernels;
+mod pass;
+mod products;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_nn::VarMap;
+
+use crate::{Layer, Layers, Result, VaeConfig, VaeError};
+use pass::Buffers;
+
+/// The sums of the two loss terms over a batch (divide by its size for per-image values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchLoss {
+    /// Binary cross-entropy of the reconstructions, summed over pixels and images.
+    pub bce: f64,
+    /// KL divergence of the posteriors from N(0, I), summed over dimensions and images.
+    pub kl: f64,
+}
+
+/// One layer's weight and bias values.
+#[derive(Clone, Copy)]
+struct Params<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+}
+
+/// One layer's weight and bias gradients.
+#[derive(Default)]
+struct Grads {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// Forward and backward pass of the VAE's training objective on the CPU, with the
+/// activations and gradients kept between steps.
+pub struct CpuStep {
+    table: Layers<Layer>,
+    /// Each layer's weight and bias, resolved by name once.
+    params: Layers<[Tensor; 2]>,
+    grads: Option<Layers<Grads>>,
+    buf: Buffers,
+    kl_weight: f32,
+}
+
+/// Images per pass of [`CpuStep::encode`]'s fully-connected layers (its largest buffer
+/// is then 512 × 18432 floats, 38 MB, for the reference's model).
+pub const ENCODE_ROWS: usize = 512;
+
+/// Images per pass of [`CpuStep::encode`]'s convolutions: enough to keep both cores
+/// busy, few enough that their im2col columns (144 × 576 floats per image for conv2)
+/// stay small.
+pub const ENCODE_CONV_ROWS: usize = 64;
+
+impl CpuStep {
+    /// A step over the model's parameters in `varmap` (named as in
+    /// [`crate::parameter_specs`]); it reads them afresh at every call, so it follows an
+    /// optimiser's in-place updates. Fails if one is missing, has the wrong shape, or is
+    /// not an f32 tensor on the CPU.
+    pub fn new(cfg: &VaeConfig, varmap: &VarMap) -> Result<Self> {
+        cfg.validate()?;
+        let table = cfg.layers();
+        let data = varmap.data().lock().map_err(|_| VaeError::LockPoisoned { what: "the VarMap" })?;
+        let tensor = |name: String, shape: &[usize]| {
+            let Some(var) = data.get(&name) else {
+                return Err(VaeError::BadParameter { name, reason: "is missing".into() });
+            };
+            if var.dims() != shape || !var.device().is_cpu() || var.dtype() != DType::F32 {
+                let reason =
+                    format!("must be an f32 CPU tensor of shape {shape:?}, not {:?} {:?}", var.dtype(), var.dims());
+                return Err(VaeError::BadParameter { name, reason });
+            }
+            Ok(var.as_tensor().clone())
+        };
+        let params = table.try_map(|layer| {
+            let weight = tensor(format!("{}.weight", layer.name), &layer.weight_shape())?;
+            Ok::<_, VaeError>([weight, tensor(format!("{}.bias", layer.name), &[layer.outputs])?])
+        })?;
+        drop(data);
+        Ok(Self { table, params, grads: None, buf: Buffers::default(), kl_weight: 1.0 })
+    }
+
+    /// The gradient of the last step's objective for parameter `name` (`None` before
+    /// the first [`CpuStep::run`]).
+    pub fn grad(&self, name: &str) -> Option<&[f32]> {
+        let grads = self.grads.as_ref()?;
+        let (layer, kind) = name.rsplit_once('.')?;
+        let (_, g) = self.table.all().into_iter().zip(grads.all()).find(|(l, _)| l.name == layer)?;
+        match kind {
+            "weight" => Some(&g.weight),
+            "bias" => Some(&g.bias),
+            _ => None,
+        }
+    }
+
+    /// Seconds spent in each part of the last [`CpuStep::run`] or [`CpuStep::encode`], as
+    /// `(name, forward, backward)`: every layer (its bias and ReLU, and the masking of its
+    /// input's gradient, included), then `sampling+loss` (the reparameterisation and the
+    /// loss gradient).
+    pub fn layer_seconds(&self) -> impl Iterator<Item = (&'static str, f64, f64)> + '_ {
+        let times = &self.buf.times;
+        let layers = self.table.all().into_iter().zip(times.layers.all()).map(|(l, [fwd, bwd])| (l.name, *fwd, *bwd));
+        layers.chain(std::iter::once(("sampling+loss", times.loss[0], times.loss[1])))
+    }
+
+    /// Sets the weight β of the KL term in the objective whose gradients [`CpuStep::run`]
+    /// computes, `(BCE + β·KL) / B` (a β-VAE; 1, the default, is the VAE). The loss sums
+    /// it returns stay unweighted.
+    pub fn set_kl_weight(&mut self, beta: f32) {
+        self.kl_weight = beta;
+    }
+
+    /// Runs the forward and backward pass on images `x` `(B, C, H, W)` in `[0, 1]`
+    /// (flattened) with the reparameterisation noise `eps` `(B, latent_dim)`, leaving
+    /// the gradients of `(BCE + β·KL) / B` in [`CpuStep::grad`] (β = 1 unless
+    /// [`CpuStep::set_kl_weight`]); returns the loss sums.
+    pub fn run(&mut self, x: &[f32], eps: &[f32]) -> Result<BatchLoss> {
+        let t = &self.table;
+        let batch = batch_size(t, x, Some(eps))?;
+        let grads = self.grads.get_or_insert_with(|| {
+            t.map(|l| Grads { weight: vec![0.0; l.weight_shape().iter().product()], bias: vec![0.0; l.outputs] })
+        });
+        let (buf, kl_weight) = (&mut self.buf, self.kl_weight);
+        buf.times = Default::default();
+        with_weights(&self.params, |w| {
+            buf.resize(t, batch, batch, true);
+            buf.forward(t, batch, w, x, eps);
+            let loss = buf.loss(x, batch, kl_weight);
+            buf.backward(t, batch, w, eps, grads);
+            loss
+        })
+    }
+
+    /// Posterior means and log-variances, `(B, latent_dim)` each, of images `x`
+    /// `(B, C, H, W)` in `[0, 1]` (flattened). The fully-connected layers take
+    /// [`ENCODE_ROWS`] images at a time (so that their large weights are read once per
+    /// that many), the convolutions [`ENCODE_CONV_ROWS`].
+    pub fn encode(&mut self, x: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let t = &self.table;
+        let batch = batch_size(t, x, None)?;
+        let latent = t.mu.outputs;
+        let (mut mu, mut logvar) = (Vec::with_capacity(batch * latent), Vec::with_capacity(batch * latent));
+        let buf = &mut self.buf;
+        buf.times = Default::default();
+        with_weights(&self.params, |w| {
+            for x in x.chunks(ENCODE_ROWS * t.conv1.input_len()) {
+                let rows = x.len() / t.conv1.input_len();
+                buf.resize(t, rows, rows.min(ENCODE_CONV_ROWS), false);
+                buf.encode(t, rows, w, x, ENCODE_CONV_ROWS);
+                mu.extend_from_slice(&buf.out.mu);
+                logvar.extend_from_slice(&buf.out.var);
+            }
+        })?;
+        Ok((mu, logvar))
+    }
+}
+
+/// The number of images in `x` (and noise rows in `eps`), or an error naming the
+/// mismatch; pixel values must lie in `[0, 1]`.
+fn batch_size(t: &Layers<Layer>, x: &[f32], eps: Option<&[f32]>) -> Result<usize> {
+    let (pixels, latent) = (t.conv1.input_len(), t.mu.outputs);
+    let batch = x.len() / pixels;
+    if batch == 0 || x.len() != batch * pixels || eps.is_some_and(|e| e.len() != batch * latent) {
+        return Err(VaeError::BadBatch(format!(
+            "{} pixel values{} do not make a batch of {pixels}-pixel images{}",
+            x.len(),
+            eps.map(|e| format!(" and {} noise values", e.len())).unwrap_or_default(),
+            eps.map(|_| format!(" with {latent} latents")).unwrap_or_default()
+        )));
+    }
+    if let Some(bad) = x.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(VaeError::BadBatch(format!("pixel value {bad} is outside [0, 1]")));
+    }
+    Ok(batch)
+}
+
+/// The values of a contiguous f32 CPU tensor, from its read-locked storage.
+fn values<'a, G: std::ops::Deref<Target = Storage>>(
+    (storage, layout): &'a (G, &candle_core::Layout),
+) -> Result<&'a [f32]> {
+    match (&**storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(&v[start..end]),
+        _ => Err(VaeError::BadParameter {
+            name: "a parameter".into(),
+            reason: "must be a contiguous f32 CPU tensor".into(),
+        }),
+    }
+}
+
+/// Calls `f` with the parameters' values, read-locked for the duration.
+fn with_weights<R>(params: &Layers<[Tensor; 2]>, f: impl FnOnce(&Layers<Params>) -> R) -> Result<R> {
+    let guards = params.map(|[w, b]| [w.storage_and_layout(), b.storage_and_layout()]);
+    let w = guards.try_map(|[w, b]| Ok::<_, VaeError>(Params { weight: values(w)?, bias: values(b)? }))?;
+    Ok(f(&w))
+}

@@ -1,0 +1,228 @@
+//! The forward and backward passes of the whole model over the buffers that
+//! [`super::CpuStep`] keeps from call to call; [`Timings`] records the seconds of each part.
+
+use std::time::Instant;
+
+use super::kernels::{
+    Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward, linear_backward,
+    linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
+};
+use super::{BatchLoss, Grads, Params};
+use crate::{Layer, Layers};
+
+const FORWARD: usize = 0;
+const BACKWARD: usize = 1;
+
+/// Seconds of the last call, `[forward, backward]`: per layer (its bias and ReLU, and the
+/// masking of its input's gradient, included), and for the reparameterised sampling with
+/// the loss.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Timings {
+    pub layers: Layers<[f64; 2]>,
+    pub loss: [f64; 2],
+}
+
+/// Runs `f`, adding the seconds it took to `slot`.
+fn timed<R>(slot: &mut f64, f: impl FnOnce() -> R) -> R {
+    let start = Instant::now();
+    let result = f();
+    *slot += start.elapsed().as_secs_f64();
+    result
+}
+
+/// Activations of the forward pass and gradients of the backward pass, `batch` rows each.
+#[derive(Default)]
+pub(super) struct Buffers {
+    /// im2col columns of the two convolutions' inputs, kept for their weight gradients.
+    cols1: Vec<f32>,
+    cols2: Vec<f32>,
+    /// Every layer's output, after its ReLU: `mu` and `var` hold the posterior means and
+    /// log-variances, `deconv2` the reconstruction logits.
+    pub out: Layers<Vec<f32>>,
+    /// The objective's gradient with respect to every layer's output.
+    grad_out: Layers<Vec<f32>>,
+    /// Posterior standard deviations, the sampled codes, and the codes' gradient.
+    std: Vec<f32>,
+    z: Vec<f32>,
+    g_z: Vec<f32>,
+    /// Room for the transposed convolutions' columns and the column-major products.
+    scratch: Vec<f32>,
+    /// Seconds per part of the last call.
+    pub times: Timings,
+}
+
+impl Buffers {
+    /// Sizes the buffers for `b` images, the first convolution's for `conv_rows`: those of
+    /// the encoder, or with `training` all.
+    pub fn resize(&mut self, t: &Layers<Layer>, b: usize, conv_rows: usize, training: bool) {
+        self.cols1.resize(conv_rows * columns_len(&t.conv1), 0.0);
+        self.cols2.resize(conv_rows * columns_len(&t.conv2), 0.0);
+        let encoder = [&t.conv2, &t.enc_linear, &t.enc_linear2, &t.mu, &t.var];
+        self.out.conv1.resize(conv_rows * t.conv1.output_len(), 0.0);
+        let o = &mut self.out;
+        for (buf, layer) in
+            [&mut o.conv2, &mut o.enc_linear, &mut o.enc_linear2, &mut o.mu, &mut o.var].into_iter().zip(encoder)
+        {
+            buf.resize(b * layer.output_len(), 0.0);
+        }
+        if !training {
+            return;
+        }
+        let decoder = [&t.dec_linear, &t.dec_linear2, &t.dec_linear3, &t.deconv1, &t.deconv2];
+        for (buf, layer) in [&mut o.dec_linear, &mut o.dec_linear2, &mut o.dec_linear3, &mut o.deconv1, &mut o.deconv2]
+            .into_iter()
+            .zip(decoder)
+        {
+            buf.resize(b * layer.output_len(), 0.0);
+        }
+        for (buf, layer) in self.grad_out.all_mut().into_iter().zip(t.all()) {
+            buf.resize(b * layer.output_len(), 0.0);
+        }
+        for buf in [&mut self.std, &mut self.z, &mut self.g_z] {
+            buf.resize(b * t.mu.outputs, 0.0);
+        }
+        let scratch = columns_len(&t.conv2).max(columns_len(&t.conv1));
+        self.scratch.resize(b * scratch, 0.0);
+    }
+
+    /// The encoder: `x` to `mu` and `logvar`, keeping what the backward pass needs. The
+    /// convolutions run `conv_rows` images at a time (their buffers hold that many), the
+    /// fully-connected layers on all `b` at once.
+    pub fn encode(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>, x: &[f32], conv_rows: usize) {
+        let (o, tm) = (&mut self.out, &mut self.times.layers);
+        let (pixels, flat) = (t.conv1.input_len(), t.conv2.output_len());
+        for (x, a2) in x.chunks(conv_rows * pixels).zip(o.conv2.chunks_mut(conv_rows * flat)) {
+            let n = x.len() / pixels;
+            let a1 = &mut o.conv1[..n * t.conv1.output_len()];
+            let (cols1, cols2) =
+                (&mut self.cols1[..n * columns_len(&t.conv1)], &mut self.cols2[..n * columns_len(&t.conv2)]);
+            timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, cols1, w.conv1, a1));
+            timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, cols2, w.conv2, a2));
+        }
+        let s = &mut self.scratch;
+        timed(&mut tm.enc_linear[FORWARD], || {
+            linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, b, s)
+        });
+        timed(&mut tm.enc_linear2[FORWARD], || {
+            linear_forward(&t.enc_linear2, &o.enc_linear, w.enc_linear2, &mut o.enc_linear2, b, s)
+        });
+        timed(&mut tm.mu[FORWARD], || linear_forward(&t.mu, &o.enc_linear2, w.mu, &mut o.mu, b, s));
+        timed(&mut tm.var[FORWARD], || linear_forward(&t.var, &o.enc_linear2, w.var, &mut o.var, b, s));
+    }
+
+    /// The whole model: `x` and the noise `eps` to the reconstruction logits.
+    pub fn forward(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>, x: &[f32], eps: &[f32]) {
+        self.encode(t, b, w, x, b);
+        let (o, tm, s) = (&mut self.out, &mut self.times, &mut self.scratch);
+        timed(&mut tm.loss[FORWARD], || {
+            for (((z, std), (mu, logvar)), eps) in
+                self.z.iter_mut().zip(&mut self.std).zip(o.mu.iter().zip(&o.var)).zip(eps)
+            {
+                *std = (0.5 * logvar).exp();
+                *z = mu + eps * *std;
+            }
+        });
+        let tm = &mut tm.layers;
+        timed(&mut tm.dec_linear[FORWARD], || {
+            linear_forward(&t.dec_linear, &self.z, w.dec_linear, &mut o.dec_linear, b, s)
+        });
+        timed(&mut tm.dec_linear2[FORWARD], || {
+            linear_forward(&t.dec_linear2, &o.dec_linear, w.dec_linear2, &mut o.dec_linear2, b, s)
+        });
+        timed(&mut tm.dec_linear3[FORWARD], || {
+            linear_forward(&t.dec_linear3, &o.dec_linear2, w.dec_linear3, &mut o.dec_linear3, b, s)
+        });
+        timed(&mut tm.deconv1[FORWARD], || deconv_forward(&t.deconv1, &o.dec_linear3, s, w.deconv1, &mut o.deconv1));
+        timed(&mut tm.deconv2[FORWARD], || deconv_forward(&t.deconv2, &o.deconv1, s, w.deconv2, &mut o.deconv2));
+    }
+
+    /// The loss sums of the last [`Buffers::forward`] on `x`, and the gradients of
+    /// `(BCE + kl_weight · KL) / B` with respect to the logits and, through the KL term, to
+    /// the posterior's parameters.
+    pub fn loss(&mut self, x: &[f32], b: usize, kl_weight: f32) -> BatchLoss {
+        let (o, g) = (&self.out, &mut self.grad_out);
+        timed(&mut self.times.loss[FORWARD], || {
+            let q = Posterior { mu: &o.mu, logvar: &o.var, std: &self.std, g_mu: &mut g.mu, g_logvar: &mut g.var };
+            loss_gradient(&o.deconv2, x, &mut g.deconv2, q, b, kl_weight)
+        })
+    }
+
+    /// The backward pass from the gradients [`Buffers::loss`] left: every parameter's
+    /// gradient into `grads`.
+    pub fn backward(
+        &mut self,
+        t: &Layers<Layer>,
+        b: usize,
+        w: &Layers<Params>,
+        eps: &[f32],
+        grads: &mut Layers<Grads>,
+    ) {
+        let (o, g, tm, s) = (&self.out, &mut self.grad_out, &mut self.times, &mut self.scratch);
+        timed(&mut tm.layers.deconv2[BACKWARD], || {
+            deconv_backward(
+                &t.deconv2,
+                &g.deconv2,
+                &o.deconv1,
+                s,
+                w.deconv2.weight,
+                &mut grads.deconv2,
+                &mut g.deconv1,
+            );
+            relu_mask(&mut g.deconv1, &o.deconv1);
+        });
+        timed(&mut tm.layers.deconv1[BACKWARD], || {
+            let (g_out, g_in) = (&g.deconv1, &mut g.dec_linear3);
+            deconv_backward(&t.deconv1, g_out, &o.dec_linear3, s, w.deconv1.weight, &mut grads.deconv1, g_in);
+            relu_mask(g_in, &o.dec_linear3);
+        });
+        timed(&mut tm.layers.dec_linear3[BACKWARD], || {
+            let (g_out, g_in) = (&g.dec_linear3, &mut g.dec_linear2);
+            linear_backward(g_out, &o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3, Some(g_in), b);
+            relu_mask(g_in, &o.dec_linear2);
+        });
+        timed(&mut tm.layers.dec_linear2[BACKWARD], || {
+            let (g_out, g_in) = (&g.dec_linear2, &mut g.dec_linear);
+            linear_backward(g_out, &o.dec_linear, w.dec_linear2.weight, &mut grads.dec_linear2, Some(g_in), b);
+            relu_mask(g_in, &o.dec_linear);
+        });
+        timed(&mut tm.layers.dec_linear[BACKWARD], || {
+            let g_z = Some(&mut self.g_z[..]);
+            linear_backward(&g.dec_linear, &self.z, w.dec_linear.weight, &mut grads.dec_linear, g_z, b);
+        });
+        timed(&mut tm.loss[BACKWARD], || {
+            for (((g_mu, g_logvar), g_z), (eps, std)) in
+                g.mu.iter_mut().zip(&mut g.var).zip(&self.g_z).zip(eps.iter().zip(&self.std))
+            {
+                *g_mu += g_z;
+                *g_logvar += g_z * eps * 0.5 * std;
+            }
+        });
+        timed(&mut tm.layers.mu[BACKWARD], || {
+            linear_backward(&g.mu, &o.enc_linear2, w.mu.weight, &mut grads.mu, Some(&mut g.enc_linear2), b);
+        });
+        timed(&mut tm.layers.var[BACKWARD], || {
+            linear_backward(&g.var, &o.enc_linear2, w.var.weight, &mut grads.var, None, b);
+            // The var layer's input gradient adds into the mu layer's.
+            linear_input_gradient_add(&g.var, w.var.weight, &mut g.enc_linear2, b);
+            relu_mask(&mut g.enc_linear2, &o.enc_linear2);
+        });
+        timed(&mut tm.layers.enc_linear2[BACKWARD], || {
+            let (g_out, g_in) = (&g.enc_linear2, &mut g.enc_linear);
+            linear_backward(g_out, &o.enc_linear, w.enc_linear2.weight, &mut grads.enc_linear2, Some(g_in), b);
+            relu_mask(g_in, &o.enc_linear);
+        });
+        timed(&mut tm.layers.enc_linear[BACKWARD], || {
+            let (g_out, g_in) = (&g.enc_linear, &mut g.conv2);
+            linear_backward(g_out, &o.conv2, w.enc_linear.weight, &mut grads.enc_linear, Some(g_in), b);
+            relu_mask(g_in, &o.conv2);
+        });
+        timed(&mut tm.layers.conv2[BACKWARD], || {
+            let (g_out, g_in) = (&g.conv2, &mut g.conv1);
+            conv_backward(&t.conv2, g_out, &self.cols2, s, w.conv2.weight, &mut grads.conv2, Some(g_in));
+            relu_mask(g_in, &o.conv1);
+        });
+        timed(&mut tm.layers.conv1[BACKWARD], || {
+            conv_backward(&t.conv1, &g.conv1, &self.cols1, s, w.conv1.weight, &mut grads.conv1, None);
+        });
+    }
+}

@@ -1,0 +1,106 @@
+//! Matrix products on strided views, through the `gemm` crate (candle's CPU GEMM), and
+//! the sum of many small products spread over the cores.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A strided matrix view for `gemm`.
+#[derive(Clone, Copy)]
+pub(super) struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// `data` as a row-major `rows × cols` matrix.
+    pub(super) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transposed view.
+    pub(super) fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst (a.rows × b.cols, row-major) = a · b`, or `+= a · b` when `accumulate`; the
+/// product is spread over the cores when it is large enough to pay for it.
+pub(super) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    let parallelism = parallelism_for(&a, &b);
+    matmul_with(dst, a, b, accumulate, parallelism);
+}
+
+/// All cores for products of at least 2²⁰ multiply-adds, one below that.
+pub(super) fn parallelism_for(a: &Mat, b: &Mat) -> Parallelism {
+    if a.rows * a.cols * b.cols >= 1 << 20 { Parallelism::Rayon(0) } else { Parallelism::None }
+}
+
+/// [`matmul`] with the given parallelism.
+pub(super) fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: Parallelism) {
+    product(dst, false, a, b, accumulate, parallelism);
+}
+
+/// `dst = a · b` (or `+=`), `dst` row-major or, with `column_major`, column-major.
+pub(super) fn product(dst: &mut [f32], column_major: bool, a: Mat, b: Mat, accumulate: bool, parallelism: Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() == m * n && a.fits() && b.fits(), "matmul: shapes do not match");
+    let (dst_row_stride, dst_col_stride) = if column_major { (1, m) } else { (n, 1) };
+    // SAFETY: the assertion keeps every index gemm computes from the shapes and strides
+    // inside the three slices; `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_col_stride as isize,
+            dst_row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `dst = Σ_{i < n} a_i · b_i` over the cores: each worker sums a contiguous run of the
+/// products into its own buffer, and the buffers are added at the end.
+pub(super) fn sum_of_products<'a>(dst: &mut [f32], n: usize, product: impl Fn(usize) -> (Mat<'a>, Mat<'a>) + Sync) {
+    let workers = rayon::current_num_threads().min(n).max(1);
+    let per_worker = n.div_ceil(workers);
+    let partials: Vec<Vec<f32>> = (0..workers)
+        .into_par_iter()
+        .map(|t| {
+            let mut acc = vec![0.0; dst.len()];
+            for (j, i) in (t * per_worker..((t + 1) * per_worker).min(n)).enumerate() {
+                let (a, b) = product(i);
+                matmul_with(&mut acc, a, b, j > 0, Parallelism::None);
+            }
+            acc
+        })
+        .collect();
+    dst.fill(0.0);
+    for partial in partials {
+        for (d, v) in dst.iter_mut().zip(partial) {
+            *d += v;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The CPU step against candle's autograd, the contract between the two paths.
+
+use super::*;
+use crate::{Vae, init_varmap, loss_terms};
+use candle_core::Device;
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+
+fn mnist_images(n: usize) -> Vec<f32> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    let test = vae_data::load_split(&dir, vae_data::SplitKind::Test).unwrap();
+    test.gather_f32(&(0..n).collect::<Vec<_>>())
+}
+
+/// Loss and every parameter gradient against candle's autograd on the candle model,
+/// for the reference's model and for a smaller one with other widths, the latter also as a
+/// β-VAE (KL weighted by 4).
+#[test]
+fn matches_candle_autograd() {
+    let small = VaeConfig { latent_dim: 3, conv_channels: [4, 6], hidden: [24, 12], ..VaeConfig::default() };
+    for (cfg, batch, beta) in [(VaeConfig::default(), 5, 1.0), (small.clone(), 3, 1.0), (small, 3, 4.0)] {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        init_varmap(&varmap, &cfg, 11, &dev).unwrap();
+        let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let pixels = mnist_images(batch);
+        let mut rng = StdRng::seed_from_u64(5);
+        let eps: Vec<f32> = (0..batch * cfg.latent_dim).map(|_| rng.sample(StandardNormal)).collect();
+
+        let x = Tensor::from_vec(pixels.clone(), (batch, 1, 28, 28), &dev).unwrap();
+        let e = Tensor::from_vec(eps.clone(), (batch, cfg.latent_dim), &dev).unwrap();
+        let terms = loss_terms(&vae.forward(&x, &e).unwrap(), &x).unwrap();
+        let objective = ((&terms.bce + (&terms.kl * beta).unwrap()).unwrap() / batch as f64).unwrap();
+        let reference = objective.backward().unwrap();
+
+        let vars: Vec<_> = varmap.data().lock().unwrap().clone().into_iter().collect();
+        let mut step = CpuStep::new(&cfg, &varmap).unwrap();
+        step.set_kl_weight(beta as f32);
+        let loss = step.run(&pixels, &eps).unwrap();
+        let bce = f64::from(terms.bce.to_scalar::<f32>().unwrap());
+        let kl = f64::from(terms.kl.to_scalar::<f32>().unwrap());
+        assert!((loss.bce - bce).abs() < 1e-5 * bce, "bce {} vs {bce}", loss.bce);
+        assert!((loss.kl - kl).abs() < 1e-4 * kl.max(1.0), "kl {} vs {kl}", loss.kl);
+        for (name, var) in &vars {
+            let want = reference.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = step.grad(name).unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let diff = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale, "{name}: max difference {diff}, scale {scale}");
+        }
+        let (mu, logvar) = vae.encode(&x).unwrap();
+        let (our_mu, our_logvar) = step.encode(&pixels).unwrap();
+        for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
+            let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
+        }
+        // A second, smaller batch reuses the buffers and gives the same result as a
+        // fresh step.
+        let again = step.run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
+        let mut fresh = CpuStep::new(&cfg, &varmap).unwrap();
+        fresh.set_kl_weight(beta as f32);
+        let fresh = fresh.run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
+        assert_eq!(again, fresh);
+    }
+}
+
+/// More images than one encoder chunk (of both sizes), the last chunks partial; a
+/// smaller model keeps candle's side quick.
+#[test]
+fn encode_in_chunks_matches_candle() {
+    let cfg = VaeConfig { conv_channels: [4, 6], hidden: [24, 12], ..VaeConfig::default() };
+    let varmap = VarMap::new();
+    init_varmap(&varmap, &cfg, 2, &Device::Cpu).unwrap();
+    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let n = ENCODE_ROWS + ENCODE_CONV_ROWS + 3;
+    let pixels = mnist_images(n);
+    let x = Tensor::from_vec(pixels.clone(), (n, 1, 28, 28), &Device::Cpu).unwrap();
+    let (mu, logvar) = vae.encode(&x).unwrap();
+    let (our_mu, our_logvar) = CpuStep::new(&cfg, &varmap).unwrap().encode(&pixels).unwrap();
+    for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
+    }
+}
+
+#[test]
+fn bad_batches_and_parameters_are_errors() {
+    let cfg = VaeConfig::default();
+    let varmap = VarMap::new();
+    init_varmap(&varmap, &cfg, 0, &Device::Cpu).unwrap();
+    let mut step = CpuStep::new(&cfg, &varmap).unwrap();
+    let err = |r: Result<BatchLoss>| r.unwrap_err().to_string();
+    assert!(err(step.run(&[0.5; 700], &[0.0; 10])).contains("do not make a batch"));
+    assert!(err(step.run(&[0.5; 784], &[0.0; 20])).contains("do not make a batch"));
+    assert!(err(step.run(&[], &[])).contains("do not make a batch"));
+    assert!(step.encode(&[0.5; 785]).unwrap_err().to_string().contains("do not make a batch"));
+    assert!(step.grad("enc.conv1.weight").is_none(), "no gradient before the first step");
+    let mut nan = vec![0.5; 784];
+    nan[3] = f32::NAN;
+    assert!(err(step.run(&nan, &[0.0; 10])).contains("outside [0, 1]"));
+    let other = VaeConfig { latent_dim: 4, ..cfg };
+    assert!(CpuStep::new(&other, &varmap).err().unwrap().to_string().contains("shape"));
+    varmap.data().lock().unwrap().remove("dec.linear.bias");
+    assert!(CpuStep::new(&cfg, &varmap).err().unwrap().to_string().contains("dec.linear.bias is missing"));
+}

@@ -1,0 +1,146 @@
+//! The flags of `vae-train`, and the plans (learning rate, KL weight) they define.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
+
+use crate::schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
+
+/// Command-line flags of `vae-train`.
+#[derive(Debug, Clone, Parser, serde::Serialize)]
+#[command(version, about = "Train the reference's convolutional VAE on MNIST-style IDX data")]
+pub struct TrainArgs {
+    /// --data: the dataset directory
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: vae_data::cli::DataArgs,
+    /// Run directory that receives every output (created if missing)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of passes over the training set
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub epochs: u32,
+    /// Images per optimisation step (the last batch of an epoch may be smaller); the CPU
+    /// step keeps about 1.2 MB of activations and gradients per image, so at most 1024
+    /// (about 1.3 GB, under 2 GB with the model, Adam's moments and the dataset)
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_size: u32,
+    /// Adam learning rate, the peak of the schedule (betas 0.9/0.999, eps 1e-8, no weight
+    /// decay, as in PyTorch)
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_finite)]
+    pub lr: f64,
+    /// How the learning rate changes after the warm-up: constant (the reference's), cosine
+    /// (half a cosine down to --lr × --lr-final-fraction at the last step of --epochs), or
+    /// step (× --lr-step-gamma every --lr-step-epochs epochs)
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    pub lr_schedule: LrSchedule,
+    /// Cosine schedule: the final learning rate as a fraction of --lr
+    #[arg(long, default_value_t = 0.0, value_parser = unit_interval)]
+    pub lr_final_fraction: f64,
+    /// Step schedule: epochs between two decays
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lr_step_epochs: u32,
+    /// Step schedule: the factor of each decay
+    #[arg(long, default_value_t = 0.5, value_parser = unit_interval)]
+    pub lr_step_gamma: f64,
+    /// Epochs of linear warm-up of the learning rate from --lr / steps to --lr
+    #[arg(long, default_value_t = 0)]
+    pub warmup_epochs: u32,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999;
+    /// the decay of update n is min(DECAY, (1 + n) / (10 + n))); the average is what is
+    /// evaluated, snapshot and written to model.safetensors, while training goes on from
+    /// the raw weights (both are in the checkpoint)
+    #[arg(long, value_parser = open_unit_interval)]
+    pub ema: Option<f64>,
+    /// Weight β of the KL term in the training objective, (BCE + β·KL) / B: a β-VAE
+    /// (Higgins et al. 2017) for β ≠ 1. The losses reported stay the unweighted ELBO, so
+    /// runs with different β compare
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_finite)]
+    pub beta: f64,
+    /// Epochs over which the KL weight ramps linearly from 0 to --beta (KL annealing)
+    #[arg(long, default_value_t = 0)]
+    pub kl_warmup_epochs: u32,
+    /// A named preset; `reference` (or `seed`): the published reference experiment's
+    /// stated settings (batch 32, constant lr 1e-3, no warm-up, no average, β = 1),
+    /// refusing flags that would change them
+    #[arg(
+        long,
+        value_enum,
+        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
+    )]
+    pub recipe: Option<Recipe>,
+    /// Dimension of the latent space
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub latent_dim: u32,
+    /// Seed of every random choice: initial weights, shuffles, noise, sample draws
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads for the matrix kernels and the optimiser [default: all cores]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// --device: where the model runs
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: vae_data::cli::DeviceArgs,
+    /// Compute gradients with candle's autograd instead of the hand-written CPU backward
+    /// pass: slower, the reference the fast path is tested against (always used off the
+    /// CPU); results agree to float round-off
+    #[arg(long)]
+    pub autograd: bool,
+    /// --train-limit, --test-limit: only the first images of each split
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: vae_data::cli::LimitArgs,
+    /// Continue from the run directory's checkpoint.safetensors (refused if it was made
+    /// with other data or other flags, bar --epochs, --threads, --device and --autograd);
+    /// starts afresh when there is no checkpoint yet
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl TrainArgs {
+    /// The flags with `--recipe` applied.
+    pub(crate) fn resolved(&self) -> Self {
+        match self.recipe {
+            None => self.clone(),
+            Some(Recipe::Reference) => Self {
+                batch_size: 32,
+                lr: 1e-3,
+                lr_schedule: LrSchedule::Constant,
+                warmup_epochs: 0,
+                ema: None,
+                beta: 1.0,
+                kl_warmup_epochs: 0,
+                ..self.clone()
+            },
+        }
+    }
+
+    /// Optimisation steps in an epoch of `train_images` images.
+    pub(crate) fn steps_per_epoch(&self, train_images: usize) -> u64 {
+        train_images.div_ceil(self.batch_size as usize) as u64
+    }
+
+    /// The KL weight of every step, for `train_images` images per epoch.
+    pub(crate) fn kl_plan(&self, train_images: usize) -> KlPlan {
+        let warmup_steps = u64::from(self.kl_warmup_epochs) * self.steps_per_epoch(train_images);
+        KlPlan { beta: self.beta, warmup_steps }
+    }
+
+    /// The learning rate of every step, for `train_images` images per epoch.
+    pub(crate) fn lr_plan(&self, train_images: usize) -> LrPlan {
+        let steps_per_epoch = self.steps_per_epoch(train_images);
+        let schedule = self.lr_schedule;
+        let (cosine, step) = (schedule == LrSchedule::Cosine, schedule == LrSchedule::Step);
+        LrPlan {
+            base: self.lr,
+            schedule,
+            warmup_steps: u64::from(self.warmup_epochs) * steps_per_epoch,
+            total_steps: if cosine { u64::from(self.epochs) * steps_per_epoch } else { 0 },
+            final_fraction: if cosine { self.lr_final_fraction } else { 0.0 },
+            step_every: if step { u64::from(self.lr_step_epochs) * steps_per_epoch } else { 0 },
+            gamma: if step { self.lr_step_gamma } else { 1.0 },
+        }
+    }
+}
