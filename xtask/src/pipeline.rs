@@ -12,7 +12,9 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use vae_data::run::{FIGURES, file, non_negative_finite, open_unit_interval, positive_finite, unit_interval};
+use vae_data::run::{
+    FIGURES, FIGURES_2D, file, non_negative_finite, open_unit_interval, positive_finite, unit_interval,
+};
 
 use crate::{cargo, project_root, report};
 
@@ -39,6 +41,10 @@ pub struct PipelineArgs {
     /// Training batch size, 1 to 1024 (vae-train's default when absent)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: Option<u32>,
+    /// Dimension of the latent space (vae-train's default when absent: 10); with 2, viz
+    /// also draws the latent scatter and the decoded manifold
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub latent_dim: Option<u32>,
     /// Seed of every random choice
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -138,6 +144,9 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     if let Some(b) = args.batch_size {
         train.extend(["--batch-size".into(), b.to_string()]);
     }
+    if let Some(d) = args.latent_dim {
+        train.extend(["--latent-dim".into(), d.to_string()]);
+    }
     if let Some(t) = args.threads {
         train.extend(["--threads".into(), t.to_string()]);
     }
@@ -218,7 +227,11 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
                 file::MODEL,
                 file::EVAL,
             ]),
-            outputs: FIGURES.iter().map(|f| Path::new(file::FIGURES_DIR).join(f.file)).collect(),
+            outputs: FIGURES
+                .iter()
+                .chain(if args.latent_dim == Some(2) { &FIGURES_2D[..] } else { &[] })
+                .map(|f| Path::new(file::FIGURES_DIR).join(f.file))
+                .collect(),
         },
     ]
 }
@@ -456,6 +469,7 @@ mod tests {
             data: PathBuf::from("data/mnist"),
             epochs: None,
             batch_size: None,
+            latent_dim: None,
             seed: 0,
             recipe: None,
             lr: None,

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use vae_data::run::{
-    ClassifierSummary, EpochRecord, EvalSummary, FIGURES, FigureFile, Machine, Reference, Scores, TrainConfigSummary,
-    TsneSummary, file, read_json,
+    ClassifierSummary, EpochRecord, EvalSummary, FIGURES, FIGURES_2D, FigureFile, Machine, Reference, Scores,
+    TrainConfigSummary, TsneSummary, file, read_json,
 };
 use vae_data::{KnownDataset, MNIST};
 
@@ -154,7 +154,8 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     md.push_str("## Summary\n\n");
     md.push_str(&summary);
     md.push_str("\n## Figures\n\n");
-    for FigureFile { file, caption } in FIGURES {
+    let drawn_2d = FIGURES_2D.into_iter().filter(|f| run.join(file::FIGURES_DIR).join(f.file).is_file());
+    for FigureFile { file, caption } in FIGURES.into_iter().chain(drawn_2d) {
         writeln!(md, "### {caption}\n\n![{caption}]({}/{file})\n", file::FIGURES_DIR)?;
     }
     if let Some(t) = &tsne {

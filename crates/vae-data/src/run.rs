@@ -98,6 +98,21 @@ pub mod figure {
     };
 }
 
+/// The figures of a two-dimensional latent space, drawn only for `--latent-dim 2`.
+pub mod figure_2d {
+    use super::FigureFile;
+
+    /// The test set's posterior means coloured by class.
+    pub const LATENT_SCATTER: FigureFile =
+        FigureFile { file: "latent_scatter.png", caption: "Posterior means of the test images, coloured by class" };
+    /// Decodings over a grid of the prior's quantiles.
+    pub const LATENT_MANIFOLD: FigureFile =
+        FigureFile { file: "latent_manifold.png", caption: "Decodings over a 20 × 20 grid of the prior's quantiles" };
+}
+
+/// The figures drawn only for a two-dimensional latent space, in the report's order.
+pub const FIGURES_2D: [FigureFile; 2] = [figure_2d::LATENT_SCATTER, figure_2d::LATENT_MANIFOLD];
+
 /// Every figure, in the report's order.
 pub const FIGURES: [FigureFile; 10] = [
     figure::ORIGINALS,

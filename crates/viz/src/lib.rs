@@ -37,6 +37,10 @@ pub enum Figure {
     Interpolation,
     /// kl_per_dimension.png: the KL of each latent dimension, from eval.json (vae-eval)
     Kl,
+    /// latent_scatter.png: the test set's posterior means by class (2-D latents only)
+    LatentScatter,
+    /// latent_manifold.png: decodings over a 20 × 20 grid of prior quantiles (2-D only)
+    LatentManifold,
 }
 
 /// Command-line flags of `viz`.
@@ -93,6 +97,8 @@ pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
             Figure::Traversal => figures::traversal(&inputs),
             Figure::Interpolation => figures::interpolation(&inputs),
             Figure::Kl => figures::kl_per_dimension(&inputs),
+            Figure::LatentScatter => figures::latent_scatter(&inputs),
+            Figure::LatentManifold => figures::latent_manifold(&inputs),
         }
         .with_context(|| format!("drawing {figure:?}"))?;
         match &outcome {
@@ -190,6 +196,42 @@ mod tests {
         let err = format!("{:#}", super::run(&args).unwrap_err());
         assert!(err.contains("does not exist"), "{err}");
         assert!(!missing.exists() && !dir.exists(), "nothing created");
+    }
+
+    /// The two figures of a 2-D latent space are drawn for a 2-D model and skipped,
+    /// saying why, for a 10-D one.
+    #[test]
+    fn two_dimensional_latents_get_their_scatter_and_manifold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let only = |run: &std::path::Path| {
+            let args = VizArgs::try_parse_from([
+                "viz",
+                "--run",
+                run.to_str().unwrap(),
+                "--only",
+                "latent-scatter,latent-manifold",
+            ]);
+            run_figures(&args.unwrap()).into_iter().map(|(_, outcome)| outcome).collect::<Vec<_>>()
+        };
+        let save_model = |latent_dim: usize| {
+            let cfg = vae_model::VaeConfig { latent_dim, ..Default::default() };
+            let varmap = candle_nn::VarMap::new();
+            vae_model::init_varmap(&varmap, &cfg, 1, &candle_core::Device::Cpu).unwrap();
+            let tensors = vae_model::varmap_tensors(&varmap).unwrap();
+            vae_model::save_tensors(&run.join("model.safetensors"), &tensors, None).unwrap();
+        };
+        let means: Vec<f32> = (0..200).flat_map(|i| [(i % 10) as f32, (i / 10) as f32, -1.0, -1.0]).collect();
+        vae_data::write_npy_f32(&run.join("test_latents.npy"), &[200, 4], &means).unwrap();
+        vae_data::write_npy_i64(&run.join("test_labels.npy"), &[200], &(0..200).map(|i| i % 10).collect::<Vec<_>>())
+            .unwrap();
+        save_model(10);
+        assert!(only(run).iter().all(|o| matches!(o, Outcome::Skipped(why) if why.contains("10-D"))));
+        save_model(2);
+        let outcomes = only(run);
+        assert!(outcomes.iter().all(|o| matches!(o, Outcome::Written(..))), "{outcomes:?}");
+        let manifold = image::open(run.join("figures/latent_manifold.png")).unwrap();
+        assert_eq!(manifold.width(), 20 * 29 + 1, "20 tiles of 28 pixels and a gap each");
     }
 
     fn run_figures(args: &VizArgs) -> Vec<(Figure, Outcome)> {

@@ -184,6 +184,47 @@ pub fn loss(inp: &Inputs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Written(vec![out], format!("{} epochs, final test loss {t:.2} (epoch {e})", train.len())))
 }
 
+/// Points `xy` (pairs) coloured by class `labels`, with a legend of the class names.
+pub(super) fn class_scatter(
+    caption: &str,
+    (x_desc, y_desc): (&str, &str),
+    xy: &[f32],
+    labels: &[usize],
+    class_names: &[String],
+) -> anyhow::Result<Canvas> {
+    let (xs, ys): (Vec<f32>, Vec<f32>) = xy.chunks(2).map(|p| (p[0], p[1])).unzip();
+    let range = |v: &[f32]| v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let ((x0, x1), (y0, y1)) = (range(&xs), range(&ys));
+    let (px, py) = (((x1 - x0) * 0.05).max(0.1), ((y1 - y0) * 0.05).max(0.1));
+    let mut canvas = Canvas::new(900, 820);
+    canvas.draw(|root| -> anyhow::Result<()> {
+        let mut chart = ChartBuilder::on(root)
+            .caption(caption, (FONT, 22))
+            .margin(14)
+            .x_label_area_size(36)
+            .y_label_area_size(46)
+            .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)?;
+        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).label_style((FONT, 13)).draw()?;
+        for (class, colour) in CLASS_COLOURS.iter().enumerate() {
+            let pts =
+                (0..xs.len()).filter(|&i| labels[i] == class).map(|i| Circle::new((xs[i], ys[i]), 2, colour.filled()));
+            chart
+                .draw_series(pts)?
+                .label(class_label(class, &class_names[class]))
+                .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.85))
+            .label_font((FONT, 13))
+            .draw()?;
+        Ok(())
+    })?;
+    Ok(canvas)
+}
+
 /// `tsne.png` and `tsne.npy`: t-SNE of the first `points` test latents, coloured by digit.
 pub fn tsne(inp: &Inputs, points: usize, params: TsneParams) -> anyhow::Result<Outcome> {
     let (latents, labels) =
@@ -203,37 +244,8 @@ pub fn tsne(inp: &Inputs, points: usize, params: TsneParams) -> anyhow::Result<O
     write_npy_f32(&inp.figures.join(file::TSNE_NPY), &[n, 2], &embedding)?;
     let agreement = knn_agreement(&embedding, 2, &labels, 10);
     let latent_agreement = knn_agreement(&x[..n * dim], dim, &labels, 10);
-    let (xs, ys): (Vec<f32>, Vec<f32>) = embedding.chunks(2).map(|p| (p[0], p[1])).unzip();
-    let range = |v: &[f32]| v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    let ((x0, x1), (y0, y1)) = (range(&xs), range(&ys));
-    let mut canvas = Canvas::new(900, 820);
-    canvas.draw(|root| -> anyhow::Result<()> {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("t-SNE of {n} test latents, coloured by class (perplexity {})", params.perplexity),
-                (FONT, 22),
-            )
-            .margin(14)
-            .x_label_area_size(36)
-            .y_label_area_size(46)
-            .build_cartesian_2d(x0 - 1.0..x1 + 1.0, y0 - 1.0..y1 + 1.0)?;
-        chart.configure_mesh().x_desc("t-SNE 1").y_desc("t-SNE 2").label_style((FONT, 13)).draw()?;
-        for (digit, colour) in CLASS_COLOURS.iter().enumerate() {
-            let pts = (0..n).filter(|&i| labels[i] == digit).map(|i| Circle::new((xs[i], ys[i]), 2, colour.filled()));
-            chart
-                .draw_series(pts)?
-                .label(class_label(digit, &inp.class_names[digit]))
-                .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .label_font((FONT, 13))
-            .draw()?;
-        Ok(())
-    })?;
+    let caption = format!("t-SNE of {n} test latents, coloured by class (perplexity {})", params.perplexity);
+    let canvas = class_scatter(&caption, ("t-SNE 1", "t-SNE 2"), &embedding, &labels, &inp.class_names)?;
     let out = inp.figures.join(figure::TSNE.file);
     canvas.save_png(&out)?;
     let summary = TsneSummary {
@@ -276,9 +288,15 @@ pub fn kl_per_dimension(inp: &Inputs) -> anyhow::Result<Outcome> {
             .x_label_area_size(36)
             .y_label_area_size(50)
             .build_cartesian_2d((0..kl.len()).into_segmented(), 0.0..top)?;
+        let dimensions = kl.len();
+        let dimension_label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(d) if *d < dimensions => d.to_string(),
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .x_label_formatter(&dimension_label)
             .x_desc("latent dimension")
             .y_desc("KL (nats per image)")
             .label_style((FONT, 13))

@@ -67,6 +67,8 @@ fn flat(t: &Tensor) -> anyhow::Result<Vec<f32>> {
 
 mod charts;
 mod grids;
+mod latent2d;
 
 pub use charts::{confusion, confusion_cells, kl_per_dimension, loss, tsne};
 pub use grids::{generated, interpolation, originals, progress, reconstructions, traversal};
+pub use latent2d::{MANIFOLD_SIDE, latent_manifold, latent_scatter, probit};
