@@ -45,6 +45,10 @@ pub struct PipelineArgs {
     /// also draws the latent scatter and the decoded manifold
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub latent_dim: Option<u32>,
+    /// The decoder's likelihood, for training and the bounds: bernoulli (the default) or
+    /// continuous-bernoulli (vae-train --help explains them)
+    #[arg(long, value_parser = ["bernoulli", "continuous-bernoulli"])]
+    pub likelihood: Option<String>,
     /// Seed of every random choice
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -53,7 +57,7 @@ pub struct PipelineArgs {
     #[arg(
         long,
         value_parser = ["reference", "seed"],
-        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
+        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood"]
     )]
     pub recipe: Option<String>,
     /// Adam's peak learning rate (vae-train's default when absent: 1e-3)
@@ -146,6 +150,11 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     }
     if let Some(d) = args.latent_dim {
         train.extend(["--latent-dim".into(), d.to_string()]);
+    }
+    if let Some(likelihood) = &args.likelihood {
+        for stage in [&mut train, &mut eval] {
+            stage.extend(["--likelihood".into(), likelihood.clone()]);
+        }
     }
     if let Some(t) = args.threads {
         train.extend(["--threads".into(), t.to_string()]);
@@ -470,6 +479,7 @@ mod tests {
             epochs: None,
             batch_size: None,
             latent_dim: None,
+            likelihood: None,
             seed: 0,
             recipe: None,
             lr: None,

@@ -47,7 +47,9 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
     let training: Option<TrainConfigSummary> = read_json(&run.join(file::CONFIG)).ok();
     let tsne: Option<TsneSummary> = read_json(&run.join(file::FIGURES_DIR).join(file::TSNE_JSON)).ok();
     let dataset = training.as_ref().and_then(dataset);
-    let reference = dataset.is_some_and(|d| d.name == MNIST.name).then(Reference::published);
+    // The published losses are Bernoulli cross-entropies of MNIST: other runs do not compare.
+    let comparable = dataset.is_some_and(|d| d.name == MNIST.name) && vae_data::run::trained_bernoulli(run);
+    let reference = comparable.then(Reference::published);
     let class_names: Vec<String> = match dataset {
         Some(d) => d.class_names.iter().map(|s| s.to_string()).collect(),
         None => (0..10).map(|k| k.to_string()).collect(),

@@ -309,6 +309,24 @@ pub struct TrainConfigSummary {
     pub inputs_sha256: std::collections::BTreeMap<String, String>,
 }
 
+/// Whether the run in `run` trained under the reference's Bernoulli likelihood (its
+/// `config.json` says `"likelihood": "bernoulli"` in `model`, or nothing: runs from before
+/// the choice existed), so that its losses compare with the published ones. A run with
+/// no readable `config.json` counts as Bernoulli.
+pub fn trained_bernoulli(run: &std::path::Path) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        likelihood: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Config {
+        model: Option<Model>,
+    }
+    let config: Option<Config> = read_json(&run.join(file::CONFIG)).ok();
+    let likelihood = config.and_then(|c| c.model?.likelihood);
+    likelihood.is_none_or(|l| l == "bernoulli")
+}
+
 /// Reads a JSON file of the run directory as `T`; the error names the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> crate::Result<T> {
     let bytes = std::fs::read(path).map_err(|source| crate::DataError::Io { path: path.into(), source })?;
@@ -381,6 +399,21 @@ pub fn open_unit_interval(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bernoulli_runs_compare_with_the_published_losses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        assert!(trained_bernoulli(run), "no config.json: a Bernoulli run");
+        for (config, bernoulli) in [
+            (r#"{"model": {"latent_dim": 10}}"#, true),
+            (r#"{"model": {"likelihood": "bernoulli"}}"#, true),
+            (r#"{"model": {"likelihood": "continuous-bernoulli"}}"#, false),
+        ] {
+            std::fs::write(run.join(file::CONFIG), config).unwrap();
+            assert_eq!(trained_bernoulli(run), bernoulli, "{config}");
+        }
+    }
 
     #[test]
     fn the_published_reference_reads() {

@@ -3,7 +3,7 @@
 //! candle graph ([`crate::Vae`]), the parameter list ([`crate::parameter_specs`]), the CPU
 //! step's buffers and products ([`crate::CpuStep`]) and the FLOP counts of the benches.
 
-use crate::{Result, VaeError};
+use crate::{Likelihood, Result, VaeError};
 
 /// Side length of every convolution kernel.
 pub const KERNEL: usize = 3;
@@ -21,11 +21,22 @@ pub struct VaeConfig {
     pub conv_channels: [usize; 2],
     /// Widths of the two hidden fully-connected layers.
     pub hidden: [usize; 2],
+    /// What the decoder's logits are the parameters of (the reference's Bernoulli by
+    /// default; absent from configurations written before it existed).
+    #[serde(default)]
+    pub likelihood: Likelihood,
 }
 
 impl Default for VaeConfig {
     fn default() -> Self {
-        Self { latent_dim: 10, image_channels: 1, image_size: 28, conv_channels: [16, 32], hidden: [512, 256] }
+        Self {
+            latent_dim: 10,
+            image_channels: 1,
+            image_size: 28,
+            conv_channels: [16, 32],
+            hidden: [512, 256],
+            likelihood: Likelihood::Bernoulli,
+        }
     }
 }
 

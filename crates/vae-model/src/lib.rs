@@ -38,6 +38,7 @@ mod arch;
 pub mod cpu;
 mod error;
 mod layers;
+mod likelihood;
 pub mod machine;
 mod weights;
 
@@ -48,6 +49,7 @@ pub use arch::{KERNEL, Layer, LayerKind, Layers, VaeConfig};
 pub use cpu::{BatchLoss, CpuStep};
 pub use error::{Result, VaeError};
 pub use layers::{Conv2d, ConvTranspose2d, Linear, col2im_add, im2col};
+pub use likelihood::{Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 pub use weights::{
     ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor,
     varmap_tensors,
@@ -202,7 +204,18 @@ impl Vae {
         let (mu, logvar) = self.encode(x)?;
         let sampled = VaeOutput { logits: self.decode_logits(&reparameterize(&mu, &logvar, eps)?)?, mu, logvar };
         let at_mean = VaeOutput { logits: self.decode_logits(&sampled.mu)?, ..sampled.clone() };
-        Ok((loss_terms(&sampled, x)?, loss_terms(&at_mean, x)?))
+        Ok((self.loss_terms(&sampled, x)?, self.loss_terms(&at_mean, x)?))
+    }
+
+    /// [`loss_terms`] under the model's likelihood ([`VaeConfig::likelihood`]).
+    pub fn loss_terms(&self, out: &VaeOutput, x: &Tensor) -> Result<LossTerms> {
+        loss_terms_with(out, x, self.cfg.likelihood)
+    }
+
+    /// The same model under another likelihood (the weights do not record theirs).
+    pub fn with_likelihood(mut self, likelihood: Likelihood) -> Self {
+        self.cfg.likelihood = likelihood;
+        self
     }
 }
 
@@ -210,7 +223,8 @@ impl Vae {
 /// size for per-image figures).
 #[derive(Debug, Clone)]
 pub struct LossTerms {
-    /// Binary cross-entropy of the reconstruction, summed over pixels and images.
+    /// The reconstruction term `−log p(x | z)`, summed over pixels and images: the binary
+    /// cross-entropy for the Bernoulli, minus the log-normalisers for the continuous one.
     pub bce: Tensor,
     /// KL divergence of the posterior from N(0, I), summed over dimensions and images.
     pub kl: Tensor,
@@ -223,10 +237,38 @@ pub struct LossTerms {
 /// `binary_cross_entropy(sigmoid(l), x, reduction="sum")` without its clamping of
 /// the log to −100; KL is `−½ Σ (1 + logvar − mu² − exp(logvar))`.
 pub fn loss_terms(out: &VaeOutput, x: &Tensor) -> Result<LossTerms> {
-    let bce = bce_with_logits(&out.logits, x)?.sum_all()?;
+    loss_terms_with(out, x, Likelihood::Bernoulli)
+}
+
+/// [`loss_terms`] under `likelihood`: for the continuous Bernoulli the reconstruction term
+/// is the BCE minus `Σ log C(l)` ([`cb_log_normaliser`]).
+pub fn loss_terms_with(out: &VaeOutput, x: &Tensor, likelihood: Likelihood) -> Result<LossTerms> {
+    let bce = neg_log_likelihood(&out.logits, x, likelihood)?.sum_all()?;
     let kl_terms = ((out.logvar.exp()? + out.mu.sqr()?)? - &out.logvar)? - 1.0;
     let kl = (kl_terms?.sum_keepdim(D::Minus1)?.sum_all()? * 0.5)?;
     Ok(LossTerms { bce, kl })
+}
+
+/// Element-wise `−log p(x | l)` under `likelihood` (broadcasting `x` to `l`).
+fn neg_log_likelihood(l: &Tensor, x: &Tensor, likelihood: Likelihood) -> Result<Tensor> {
+    let bce = bce_with_logits(l, x)?;
+    match likelihood {
+        Likelihood::Bernoulli => Ok(bce),
+        Likelihood::ContinuousBernoulli => Ok((bce - cb_log_normaliser_tensor(l)?)?),
+    }
+}
+
+/// [`cb_log_normaliser`] element-wise on a tensor, differentiable: the Taylor series below
+/// |l| = 0.01, the closed form (on |l| clamped to at least 0.01, so that the branch not
+/// taken stays finite and its gradient zero) above.
+fn cb_log_normaliser_tensor(l: &Tensor) -> Result<Tensor> {
+    let a = l.abs()?;
+    let u2 = (a.sqr()? * 0.25)?;
+    let series = ((&u2 * (1.0 / 3.0))? - (u2.sqr()? * (7.0 / 90.0))?)? + std::f64::consts::LN_2;
+    let far = a.maximum(1e-2)?;
+    let e = far.neg()?.exp()?;
+    let closed = ((far.log()? - e.affine(-1.0, 1.0)?.log()?)? + (e + 1.0)?.log()?)?;
+    Ok(a.lt(1e-2)?.where_cond(&series?, &closed)?)
 }
 
 /// Element-wise binary cross-entropy of targets `x` under Bernoulli logits `l`, in the
@@ -263,7 +305,8 @@ pub fn log_importance_weights(vae: &Vae, mu: &Tensor, logvar: &Tensor, x: &Tenso
     let ln_2pi = (2.0 * std::f64::consts::PI).ln();
     let z = mu.unsqueeze(0)?.broadcast_add(&eps.broadcast_mul(&(logvar * 0.5)?.exp()?.unsqueeze(0)?)?)?;
     let logits = vae.decode_logits(&z.reshape((k * b, dim))?)?.reshape((k, b, ()))?;
-    let log_px_z = bce_with_logits(&logits, &x.reshape((1, b, ()))?)?.sum(2)?.neg()?;
+    let x = x.reshape((1, b, ()))?;
+    let log_px_z = neg_log_likelihood(&logits, &x, vae.config().likelihood)?.sum(2)?.neg()?;
     let log_pz = ((z.sqr()? + ln_2pi)?.sum(2)? * -0.5)?;
     let log_qz = ((eps.sqr()?.broadcast_add(&logvar.unsqueeze(0)?)? + ln_2pi)?.sum(2)? * -0.5)?;
     Ok(((log_px_z + log_pz)? - log_qz)?)

@@ -239,7 +239,14 @@ fn damaged_safetensors_files_never_panic() {
 #[test]
 fn pytorch_layout_weights_give_the_reference_outputs() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_reference.safetensors");
-    let cfg = VaeConfig { latent_dim: 2, image_channels: 1, image_size: 6, conv_channels: [2, 3], hidden: [5, 4] };
+    let cfg = VaeConfig {
+        latent_dim: 2,
+        image_channels: 1,
+        image_size: 6,
+        conv_channels: [2, 3],
+        hidden: [5, 4],
+        ..VaeConfig::default()
+    };
     let (varmap, extra) = vae_model::load_varmap(&path, &cfg, &Device::Cpu).unwrap();
     assert_eq!(extra, ["expected.logits_of_mu", "expected.logvar", "expected.mu", "input"]);
     let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();

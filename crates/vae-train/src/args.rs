@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
 
+use vae_model::Likelihood;
+
 use crate::schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
 
 /// Command-line flags of `vae-train`.
@@ -61,13 +63,19 @@ pub struct TrainArgs {
     /// Epochs over which the KL weight ramps linearly from 0 to --beta (KL annealing)
     #[arg(long, default_value_t = 0)]
     pub kl_warmup_epochs: u32,
+    /// The decoder's likelihood of a pixel value: bernoulli (the reference's binary
+    /// cross-entropy, not a density for grey pixels) or continuous-bernoulli (its
+    /// normalised version, Loaiza-Ganem and Cunningham 2019, so that losses and bounds
+    /// are log-densities)
+    #[arg(long, value_enum, default_value_t = Likelihood::Bernoulli)]
+    pub likelihood: Likelihood,
     /// A named preset; `reference` (or `seed`): the published reference experiment's
     /// stated settings (batch 32, constant lr 1e-3, no warm-up, no average, β = 1),
     /// refusing flags that would change them
     #[arg(
         long,
         value_enum,
-        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs"]
+        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood"]
     )]
     pub recipe: Option<Recipe>,
     /// Dimension of the latent space

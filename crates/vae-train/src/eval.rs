@@ -47,6 +47,10 @@ pub struct EvalArgs {
     /// Images per forward pass (each decoded k times; fewer when k × N exceeds 2048)
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// The likelihood the model was trained with (vae-train --likelihood; the weights do
+    /// not record it): the bounds are log-densities only under continuous-bernoulli
+    #[arg(long, value_enum, default_value_t = vae_model::Likelihood::Bernoulli)]
+    pub likelihood: vae_model::Likelihood,
     /// Seed of the importance samples
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -90,7 +94,7 @@ fn batch_sums(
     let (mu, logvar) = vae.encode(x)?;
     posterior.add(&mu.flatten_all()?.to_vec1()?, &logvar.flatten_all()?.to_vec1()?, dim);
     let at_mean = vae_model::VaeOutput { logits: vae.decode_logits(&mu)?, mu: mu.clone(), logvar: logvar.clone() };
-    let at_mean = vae_model::loss_terms(&at_mean, x)?;
+    let at_mean = vae.loss_terms(&at_mean, x)?;
     let loss_at_mean = (at_mean.bce.to_scalar::<f32>()? + at_mean.kl.to_scalar::<f32>()?) as f64;
     let samples_per_pass = (max_decodes / b).clamp(1, k);
     let mut log_w = Vec::new();
@@ -112,6 +116,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let device = vae_model::device(&args.device.name)?;
     let (vae, _, _) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let vae = vae.with_likelihood(args.likelihood);
     let mut test = load_split(&args.data.dir, SplitKind::Test).context("loading the test set")?;
     if let Some(n) = args.test_limit {
         test.truncate(n as usize);

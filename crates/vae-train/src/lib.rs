@@ -32,7 +32,7 @@ use rand_distr::StandardNormal;
 pub use vae_data::run::SAMPLE_COUNT;
 use vae_data::run::{Machine, TrainConfigSummary, file};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split};
-use vae_model::{Vae, VaeConfig, init_varmap, loss_terms, save_tensors};
+use vae_model::{Vae, VaeConfig, init_varmap, save_tensors};
 
 use adam::{Adam, AdamConfig, named_vars};
 pub use args::TrainArgs;
@@ -112,7 +112,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     }
     ensure!(!train.is_empty() && !test.is_empty(), "the dataset in {} holds no images", args.data.dir.display());
 
-    let cfg = VaeConfig { latent_dim: args.latent_dim as usize, ..VaeConfig::default() };
+    let cfg = VaeConfig { latent_dim: args.latent_dim as usize, likelihood: args.likelihood, ..VaeConfig::default() };
     let fingerprint = Fingerprint {
         batch_size: args.batch_size,
         lr: args.lr_plan(train.len()),
@@ -308,7 +308,7 @@ fn train_epoch(
             None => {
                 let x = Tensor::from_vec(pixels, (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
                 let eps = Tensor::from_vec(eps, (batch.len(), vae.config().latent_dim), device)?;
-                let terms = loss_terms(&vae.forward(&x, &eps)?, &x)?;
+                let terms = vae.loss_terms(&vae.forward(&x, &eps)?, &x)?;
                 let objective = ((&terms.bce + (&terms.kl * kl_weight)?)? / batch.len() as f64)?;
                 let (bce, kl) = (terms.bce.to_scalar::<f32>()? as f64, terms.kl.to_scalar::<f32>()? as f64);
                 ensure!((bce + kl).is_finite(), diverged(bce + kl));

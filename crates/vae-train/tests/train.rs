@@ -314,20 +314,21 @@ fn a_large_k_evaluates_in_bounded_memory() {
 
 /// A β-VAE (β = 4) ends its epoch with a smaller KL term than the VAE, through the CPU
 /// step and through candle's autograd alike; a KL warm-up (weight ramping up from 0) lets
-/// the KL grow larger early.
+/// the KL grow larger early; the continuous Bernoulli likelihood is recorded and trains.
 /// (Eight steps are too few for the reconstruction's side of the trade to show reliably.)
 #[test]
-fn beta_weights_the_kl_term_on_both_paths() {
+fn beta_and_likelihood_change_the_objective_on_both_paths() {
     if vae_data::testing::skip_slow_tests() {
         return;
     }
     let root = scratch();
-    let dirs = ["beta1", "beta4", "beta4-autograd", "beta-warmup"].map(|name| root.path().join(name));
+    let dirs = ["beta1", "beta4", "beta4-autograd", "beta-warmup", "cb"].map(|name| root.path().join(name));
     let runs = [
         &["--epochs", "1"][..],
         &["--epochs", "1", "--beta", "4"],
         &["--epochs", "1", "--beta", "4", "--autograd"],
         &["--epochs", "1", "--kl-warmup-epochs", "1"],
+        &["--epochs", "1", "--likelihood", "continuous-bernoulli"],
     ];
     let h: Vec<_> =
         dirs.iter().zip(runs).map(|(d, extra)| vae_train::run(&args(d, extra)).unwrap()[0].clone()).collect();
@@ -336,4 +337,9 @@ fn beta_weights_the_kl_term_on_both_paths() {
     assert!(h[3].train_kl > h[0].train_kl, "less pressure on the KL while annealing: {:?} vs {:?}", h[3], h[0]);
     let config: serde_json::Value = serde_json::from_slice(&read(&dirs[1], "config.json")).unwrap();
     assert_eq!(config["kl_weight"]["beta"], 4.0);
+    // The continuous Bernoulli's reconstruction term is the BCE less log C ≥ ln 2 per
+    // pixel: far below the Bernoulli's, and recorded with the model.
+    assert!(h[4].train_bce < h[0].train_bce - 784.0 * 0.5, "{:?} vs {:?}", h[4], h[0]);
+    let config: serde_json::Value = serde_json::from_slice(&read(&dirs[4], "config.json")).unwrap();
+    assert_eq!(config["model"]["likelihood"], "continuous-bernoulli");
 }

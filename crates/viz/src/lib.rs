@@ -77,9 +77,9 @@ pub fn run(args: &VizArgs) -> anyhow::Result<Vec<(Figure, Outcome)>> {
         data: &args.data.dir,
         figures: args.run.join(vae_data::run::file::FIGURES_DIR),
         class_names: vae_data::class_names(&checksums),
-        reference: vae_data::identify(&checksums)
-            .is_some_and(|d| d.name == vae_data::MNIST.name)
-            .then(vae_data::run::Reference::published),
+        reference: (vae_data::identify(&checksums).is_some_and(|d| d.name == vae_data::MNIST.name)
+            && vae_data::run::trained_bernoulli(&args.run))
+        .then(vae_data::run::Reference::published),
     };
     std::fs::create_dir_all(&inputs.figures).with_context(|| format!("creating {}", inputs.figures.display()))?;
     let wanted = if args.only.is_empty() { Figure::value_variants().to_vec() } else { args.only.clone() };

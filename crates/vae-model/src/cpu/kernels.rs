@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::products::{Mat, matmul, matmul_with, parallelism_for, product, sum_of_products};
 use super::{BatchLoss, Grads, Params};
-use crate::{KERNEL, Layer, col2im_add, im2col};
+use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
 
 const KK: usize = KERNEL * KERNEL;
 
@@ -240,7 +240,7 @@ pub(super) fn loss_gradient(
     g_logits: &mut [f32],
     q: Posterior,
     b: usize,
-    kl_weight: f32,
+    (likelihood, kl_weight): (Likelihood, f32),
 ) -> BatchLoss {
     let inv_b = 1.0 / b as f32;
     let kl_scale = kl_weight * inv_b;
@@ -257,6 +257,13 @@ pub(super) fn loss_gradient(
                 sum += f64::from(l.max(0.0) - l * x + e.ln_1p());
                 let sigmoid = if l >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
                 g[i] = (sigmoid - x) * inv_b;
+            }
+            if likelihood == Likelihood::ContinuousBernoulli {
+                // −log p(x | l) = BCE − log C(l).
+                for (l, g) in l.iter().zip(g.iter_mut()) {
+                    sum -= f64::from(cb_log_normaliser(*l));
+                    *g -= cb_log_normaliser_grad(*l) * inv_b;
+                }
             }
             sum
         })

@@ -22,13 +22,14 @@ mod tests;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use candle_nn::VarMap;
 
-use crate::{Layer, Layers, Result, VaeConfig, VaeError};
+use crate::{Layer, Layers, Likelihood, Result, VaeConfig, VaeError};
 use pass::Buffers;
 
 /// The sums of the two loss terms over a batch (divide by its size for per-image values).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchLoss {
-    /// Binary cross-entropy of the reconstructions, summed over pixels and images.
+    /// The reconstruction term `−log p(x | z)`, summed over pixels and images: the binary
+    /// cross-entropy, minus the log-normalisers under the continuous Bernoulli.
     pub bce: f64,
     /// KL divergence of the posteriors from N(0, I), summed over dimensions and images.
     pub kl: f64,
@@ -56,6 +57,7 @@ pub struct CpuStep {
     params: Layers<[Tensor; 2]>,
     grads: Option<Layers<Grads>>,
     buf: Buffers,
+    likelihood: Likelihood,
     kl_weight: f32,
 }
 
@@ -93,7 +95,8 @@ impl CpuStep {
             Ok::<_, VaeError>([weight, tensor(format!("{}.bias", layer.name), &[layer.outputs])?])
         })?;
         drop(data);
-        Ok(Self { table, params, grads: None, buf: Buffers::default(), kl_weight: 1.0 })
+        let likelihood = cfg.likelihood;
+        Ok(Self { table, params, grads: None, buf: Buffers::default(), likelihood, kl_weight: 1.0 })
     }
 
     /// The gradient of the last step's objective for parameter `name` (`None` before
@@ -128,20 +131,20 @@ impl CpuStep {
 
     /// Runs the forward and backward pass on images `x` `(B, C, H, W)` in `[0, 1]`
     /// (flattened) with the reparameterisation noise `eps` `(B, latent_dim)`, leaving
-    /// the gradients of `(BCE + β·KL) / B` in [`CpuStep::grad`] (β = 1 unless
-    /// [`CpuStep::set_kl_weight`]); returns the loss sums.
+    /// the gradients of `(−log p(x | z) + β·KL) / B` (under [`VaeConfig::likelihood`]) in
+    /// [`CpuStep::grad`] (β = 1 unless [`CpuStep::set_kl_weight`]); returns the loss sums.
     pub fn run(&mut self, x: &[f32], eps: &[f32]) -> Result<BatchLoss> {
         let t = &self.table;
         let batch = batch_size(t, x, Some(eps))?;
         let grads = self.grads.get_or_insert_with(|| {
             t.map(|l| Grads { weight: vec![0.0; l.weight_shape().iter().product()], bias: vec![0.0; l.outputs] })
         });
-        let (buf, kl_weight) = (&mut self.buf, self.kl_weight);
+        let (buf, objective) = (&mut self.buf, (self.likelihood, self.kl_weight));
         buf.times = Default::default();
         with_weights(&self.params, |w| {
             buf.resize(t, batch, batch, true);
             buf.forward(t, batch, w, x, eps);
-            let loss = buf.loss(x, batch, kl_weight);
+            let loss = buf.loss(x, batch, objective);
             buf.backward(t, batch, w, eps, grads);
             loss
         })

@@ -8,7 +8,7 @@ use super::kernels::{
     linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
 };
 use super::{BatchLoss, Grads, Params};
-use crate::{Layer, Layers};
+use crate::{Layer, Layers, Likelihood};
 
 const FORWARD: usize = 0;
 const BACKWARD: usize = 1;
@@ -139,11 +139,11 @@ impl Buffers {
     /// The loss sums of the last [`Buffers::forward`] on `x`, and the gradients of
     /// `(BCE + kl_weight · KL) / B` with respect to the logits and, through the KL term, to
     /// the posterior's parameters.
-    pub fn loss(&mut self, x: &[f32], b: usize, kl_weight: f32) -> BatchLoss {
+    pub fn loss(&mut self, x: &[f32], b: usize, (likelihood, kl_weight): (Likelihood, f32)) -> BatchLoss {
         let (o, g) = (&self.out, &mut self.grad_out);
         timed(&mut self.times.loss[FORWARD], || {
             let q = Posterior { mu: &o.mu, logvar: &o.var, std: &self.std, g_mu: &mut g.mu, g_logvar: &mut g.var };
-            loss_gradient(&o.deconv2, x, &mut g.deconv2, q, b, kl_weight)
+            loss_gradient(&o.deconv2, x, &mut g.deconv2, q, b, (likelihood, kl_weight))
         })
     }
 

@@ -1,7 +1,7 @@
 //! The CPU step against candle's autograd, the contract between the two paths.
 
 use super::*;
-use crate::{Vae, init_varmap, loss_terms};
+use crate::{Vae, init_varmap};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -15,11 +15,13 @@ fn mnist_images(n: usize) -> Vec<f32> {
 
 /// Loss and every parameter gradient against candle's autograd on the candle model,
 /// for the reference's model and for a smaller one with other widths, the latter also as a
-/// β-VAE (KL weighted by 4).
+/// β-VAE (KL weighted by 4) and under the continuous Bernoulli likelihood.
 #[test]
 fn matches_candle_autograd() {
     let small = VaeConfig { latent_dim: 3, conv_channels: [4, 6], hidden: [24, 12], ..VaeConfig::default() };
-    for (cfg, batch, beta) in [(VaeConfig::default(), 5, 1.0), (small.clone(), 3, 1.0), (small, 3, 4.0)] {
+    let continuous = VaeConfig { likelihood: crate::Likelihood::ContinuousBernoulli, ..small.clone() };
+    let cases = [(VaeConfig::default(), 5, 1.0), (small.clone(), 3, 1.0), (small, 3, 4.0), (continuous, 3, 1.0)];
+    for (cfg, batch, beta) in cases {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         init_varmap(&varmap, &cfg, 11, &dev).unwrap();
@@ -30,7 +32,7 @@ fn matches_candle_autograd() {
 
         let x = Tensor::from_vec(pixels.clone(), (batch, 1, 28, 28), &dev).unwrap();
         let e = Tensor::from_vec(eps.clone(), (batch, cfg.latent_dim), &dev).unwrap();
-        let terms = loss_terms(&vae.forward(&x, &e).unwrap(), &x).unwrap();
+        let terms = vae.loss_terms(&vae.forward(&x, &e).unwrap(), &x).unwrap();
         let objective = ((&terms.bce + (&terms.kl * beta).unwrap()).unwrap() / batch as f64).unwrap();
         let reference = objective.backward().unwrap();
 
