@@ -49,6 +49,10 @@ pub struct PipelineArgs {
     /// continuous-bernoulli (vae-train --help explains them)
     #[arg(long, value_parser = ["bernoulli", "continuous-bernoulli"])]
     pub likelihood: Option<String>,
+    /// Train on the importance-weighted bound with K samples per image (vae-train
+    /// --iw-samples; 1, the default, is the VAE)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub iw_samples: Option<u32>,
     /// Seed of every random choice
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -57,7 +61,7 @@ pub struct PipelineArgs {
     #[arg(
         long,
         value_parser = ["reference", "seed"],
-        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood"]
+        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood", "iw_samples"]
     )]
     pub recipe: Option<String>,
     /// Adam's peak learning rate (vae-train's default when absent: 1e-3)
@@ -168,6 +172,7 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
         ("--ema", args.ema.map(|x| x.to_string())),
         ("--beta", args.beta.map(|x| x.to_string())),
         ("--kl-warmup-epochs", args.kl_warmup_epochs.map(|x| x.to_string())),
+        ("--iw-samples", args.iw_samples.map(|x| x.to_string())),
     ];
     for (flag, value) in recipe {
         if let Some(value) = value {
@@ -480,6 +485,7 @@ mod tests {
             batch_size: None,
             latent_dim: None,
             likelihood: None,
+            iw_samples: None,
             seed: 0,
             recipe: None,
             lr: None,

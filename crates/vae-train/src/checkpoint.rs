@@ -23,11 +23,19 @@ pub(crate) struct Fingerprint {
     pub(crate) lr: LrPlan,
     pub(crate) kl: KlPlan,
     pub(crate) ema: Option<f64>,
+    /// Importance samples per image of the objective (1, the VAE's, in checkpoints made
+    /// before the choice existed).
+    #[serde(default = "one")]
+    pub(crate) iw_samples: u32,
     pub(crate) seed: u64,
     pub(crate) train_images: usize,
     pub(crate) test_images: usize,
     pub(crate) model: VaeConfig,
     pub(crate) inputs: Vec<(String, String)>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Format 2 also holds the snapshots (`samples.NAME`), so that every output of the stage

@@ -118,6 +118,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
         lr: args.lr_plan(train.len()),
         kl: args.kl_plan(train.len()),
         ema: args.ema,
+        iw_samples: args.iw_samples,
         seed: args.seed,
         train_images: train.len(),
         test_images: test.len(),
@@ -293,23 +294,36 @@ fn train_epoch(
         adam.set_lr(lr_plan.at(adam.step_count()));
         let kl_weight = kl_plan.at(adam.step_count());
         let pixels = train.gather_f32(batch);
-        let eps = normal_values(&mut noise, batch.len() * vae.config().latent_dim);
+        let (k, latent) = (args.iw_samples as usize, vae.config().latent_dim);
+        // One code per image for the VAE (the same draws as before the choice existed),
+        // `k` per image, image-major, for the importance-weighted objective.
+        let eps = normal_values(&mut noise, batch.len() * k * latent);
         let diverged = |loss: f64| {
             format!("the loss became {loss} at epoch {epoch}, batch {i}: training diverged (try a lower --lr)")
         };
         let (bce, kl) = match cpu_step.as_deref_mut() {
             Some(step) => {
                 step.set_kl_weight(kl_weight as f32);
-                let loss = step.run(&pixels, &eps)?;
+                let loss =
+                    if k > 1 { step.run_importance_weighted(&pixels, &eps, k)? } else { step.run(&pixels, &eps)? };
                 ensure!((loss.bce + loss.kl).is_finite(), diverged(loss.bce + loss.kl));
                 adam.step_with(|name| step.grad(name))?;
                 (loss.bce, loss.kl)
             }
             None => {
                 let x = Tensor::from_vec(pixels, (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
-                let eps = Tensor::from_vec(eps, (batch.len(), vae.config().latent_dim), device)?;
-                let terms = vae.loss_terms(&vae.forward(&x, &eps)?, &x)?;
-                let objective = ((&terms.bce + (&terms.kl * kl_weight)?)? / batch.len() as f64)?;
+                let eps = Tensor::from_vec(eps, (batch.len(), k, latent), device)?;
+                let first = eps.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
+                let terms = vae.loss_terms(&vae.forward(&x, &first)?, &x)?;
+                let objective = if k > 1 {
+                    // −mean IWAE bound, from the (k, B, latent) noise.
+                    let (mu, logvar) = vae.encode(&x)?;
+                    let samples = eps.transpose(0, 1)?.contiguous()?;
+                    let log_w = vae_model::log_importance_weights(vae, &mu, &logvar, &x, &samples)?;
+                    vae_model::bounds_from_log_weights(&log_w)?.iwae.mean_all()?.neg()?
+                } else {
+                    ((&terms.bce + (&terms.kl * kl_weight)?)? / batch.len() as f64)?
+                };
                 let (bce, kl) = (terms.bce.to_scalar::<f32>()? as f64, terms.kl.to_scalar::<f32>()? as f64);
                 ensure!((bce + kl).is_finite(), diverged(bce + kl));
                 adam.step(&objective.backward()?)?;

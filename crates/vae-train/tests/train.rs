@@ -314,21 +314,25 @@ fn a_large_k_evaluates_in_bounded_memory() {
 
 /// A β-VAE (β = 4) ends its epoch with a smaller KL term than the VAE, through the CPU
 /// step and through candle's autograd alike; a KL warm-up (weight ramping up from 0) lets
-/// the KL grow larger early; the continuous Bernoulli likelihood is recorded and trains.
+/// the KL grow larger early; the continuous Bernoulli likelihood is recorded and trains;
+/// the importance-weighted objective (K = 5) agrees between the CPU step and autograd.
 /// (Eight steps are too few for the reconstruction's side of the trade to show reliably.)
 #[test]
-fn beta_and_likelihood_change_the_objective_on_both_paths() {
+fn beta_likelihood_and_importance_weights_change_the_objective_on_both_paths() {
     if vae_data::testing::skip_slow_tests() {
         return;
     }
     let root = scratch();
-    let dirs = ["beta1", "beta4", "beta4-autograd", "beta-warmup", "cb"].map(|name| root.path().join(name));
+    let dirs = ["beta1", "beta4", "beta4-autograd", "beta-warmup", "cb", "iwae5", "iwae5-autograd"]
+        .map(|name| root.path().join(name));
     let runs = [
         &["--epochs", "1"][..],
         &["--epochs", "1", "--beta", "4"],
         &["--epochs", "1", "--beta", "4", "--autograd"],
         &["--epochs", "1", "--kl-warmup-epochs", "1"],
         &["--epochs", "1", "--likelihood", "continuous-bernoulli"],
+        &["--epochs", "1", "--iw-samples", "5"],
+        &["--epochs", "1", "--iw-samples", "5", "--autograd"],
     ];
     let h: Vec<_> =
         dirs.iter().zip(runs).map(|(d, extra)| vae_train::run(&args(d, extra)).unwrap()[0].clone()).collect();
@@ -342,4 +346,10 @@ fn beta_and_likelihood_change_the_objective_on_both_paths() {
     assert!(h[4].train_bce < h[0].train_bce - 784.0 * 0.5, "{:?} vs {:?}", h[4], h[0]);
     let config: serde_json::Value = serde_json::from_slice(&read(&dirs[4], "config.json")).unwrap();
     assert_eq!(config["model"]["likelihood"], "continuous-bernoulli");
+    // The importance-weighted objective trains alike on both paths, and differently from
+    // the VAE's.
+    assert!((h[5].train_loss - h[6].train_loss).abs() < 0.005 * h[6].train_loss, "{:?} vs {:?}", h[5], h[6]);
+    assert!(h[5].train_loss != h[0].train_loss, "K = 5 is another objective");
+    let config: serde_json::Value = serde_json::from_slice(&read(&dirs[5], "config.json")).unwrap();
+    assert_eq!(config["args"]["iw_samples"], 5);
 }

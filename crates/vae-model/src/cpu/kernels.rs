@@ -277,3 +277,83 @@ pub(super) fn loss_gradient(
     }
     BatchLoss { bce, kl }
 }
+
+/// What [`iw_loss_gradient`] reads of the sampled codes and fills in.
+pub(super) struct ImportanceSamples<'a> {
+    /// The codes, `(b · samples, latent)`, image-major.
+    pub z: &'a [f32],
+    /// Their standard-normal noise.
+    pub eps: &'a [f32],
+    /// Codes per image.
+    pub samples: usize,
+    /// Receives each code's normalised importance weight divided by `b`.
+    pub weights: &'a mut Vec<f32>,
+}
+
+/// The importance-weighted objective of Burda et al. (2015), `−(1/B) Σ_i log (1/K) Σ_s w_is`
+/// with `log w = log p(x | z) + log p(z) − log q(z | x)`: its gradient with respect to the
+/// logits of every code (each row scaled by its normalised weight `w̃ / B`), and the
+/// direct part with respect to the posterior (`−½ / B` on each log-variance, none on the
+/// means; the paths through the codes follow in the backward pass). Returns the loss sums
+/// as the other objective reports them: the reconstruction term averaged over each image's
+/// samples, and the analytic KL.
+pub(super) fn iw_loss_gradient(
+    logits: &[f32],
+    x: &[f32],
+    g_logits: &mut [f32],
+    q: Posterior,
+    codes: ImportanceSamples,
+    (b, likelihood): (usize, Likelihood),
+) -> BatchLoss {
+    let (pixels, latent, samples) = (x.len() / b, q.mu.len() / b, codes.samples);
+    // −log p(x | z) of every code, and its gradient with respect to the logits (unscaled).
+    let nll: Vec<f64> = logits
+        .par_chunks(pixels)
+        .zip(g_logits.par_chunks_mut(pixels))
+        .enumerate()
+        .map(|(r, (l, g))| {
+            let x = &x[r / samples * pixels..(r / samples + 1) * pixels];
+            let mut sum = 0.0f64;
+            for i in 0..l.len() {
+                let (l, x) = (l[i], x[i]);
+                let e = (-l.abs()).exp();
+                sum += f64::from(l.max(0.0) - l * x + e.ln_1p());
+                let sigmoid = if l >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+                g[i] = sigmoid - x;
+                if likelihood == Likelihood::ContinuousBernoulli {
+                    sum -= f64::from(cb_log_normaliser(l));
+                    g[i] -= cb_log_normaliser_grad(l);
+                }
+            }
+            sum
+        })
+        .collect();
+    // log w = −nll − ½|z|² + ½|ε|² + ½ Σ logvar (the 2π terms of p(z) and q(z | x) cancel).
+    let half_sq = |v: &[f32]| 0.5 * v.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    let log_w: Vec<f64> = (0..b * samples)
+        .map(|r| {
+            let (code, i) = (r * latent..(r + 1) * latent, r / samples);
+            let half_logvar = 0.5 * q.logvar[i * latent..(i + 1) * latent].iter().map(|&v| f64::from(v)).sum::<f64>();
+            -nll[r] - half_sq(&codes.z[code.clone()]) + half_sq(&codes.eps[code]) + half_logvar
+        })
+        .collect();
+    codes.weights.clear();
+    for image in log_w.chunks(samples) {
+        let max = image.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = image.iter().map(|w| (w - max).exp()).sum();
+        codes.weights.extend(image.iter().map(|w| ((w - max).exp() / total / b as f64) as f32));
+    }
+    g_logits.par_chunks_mut(pixels).zip(codes.weights.par_iter()).for_each(|(g, &weight)| {
+        for g in g {
+            *g *= weight;
+        }
+    });
+    let mut kl = 0.0f64;
+    for i in 0..q.mu.len() {
+        let (mu, logvar, var) = (q.mu[i], q.logvar[i], q.std[i] * q.std[i]);
+        kl += 0.5 * f64::from(var + mu * mu - logvar - 1.0);
+        q.g_mu[i] = 0.0;
+        q.g_logvar[i] = -0.5 / b as f32;
+    }
+    BatchLoss { bce: nll.iter().sum::<f64>() / samples as f64, kl }
+}

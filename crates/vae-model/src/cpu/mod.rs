@@ -134,18 +134,40 @@ impl CpuStep {
     /// the gradients of `(−log p(x | z) + β·KL) / B` (under [`VaeConfig::likelihood`]) in
     /// [`CpuStep::grad`] (β = 1 unless [`CpuStep::set_kl_weight`]); returns the loss sums.
     pub fn run(&mut self, x: &[f32], eps: &[f32]) -> Result<BatchLoss> {
+        self.step(x, eps, None)
+    }
+
+    /// Like [`CpuStep::run`], for the importance-weighted objective of Burda et al. (2015)
+    /// with `samples` codes per image: the gradients of
+    /// `−(1/B) Σ_i log (1/K) Σ_s p(x_i, z_is) / q(z_is | x_i)` (the KL weight does not apply),
+    /// from noise `eps` `(B · samples, latent_dim)`, each image's samples together. The loss
+    /// sums returned are the ELBO's terms as [`CpuStep::run`] reports them (the
+    /// reconstruction term averaged over the samples, the analytic KL), so that runs compare.
+    pub fn run_importance_weighted(&mut self, x: &[f32], eps: &[f32], samples: usize) -> Result<BatchLoss> {
+        self.step(x, eps, Some(samples))
+    }
+
+    /// The step of either objective: the VAE's, or with `samples` the importance-weighted one.
+    fn step(&mut self, x: &[f32], eps: &[f32], samples: Option<usize>) -> Result<BatchLoss> {
         let t = &self.table;
-        let batch = batch_size(t, x, Some(eps))?;
+        let k = samples.unwrap_or(1);
+        if k == 0 || !eps.len().is_multiple_of(k) {
+            return Err(VaeError::BadBatch(format!("{} noise values are not {k} samples per image", eps.len())));
+        }
+        let batch = batch_size(t, x, Some(&eps[..eps.len() / k]))?;
         let grads = self.grads.get_or_insert_with(|| {
             t.map(|l| Grads { weight: vec![0.0; l.weight_shape().iter().product()], bias: vec![0.0; l.outputs] })
         });
         let (buf, objective) = (&mut self.buf, (self.likelihood, self.kl_weight));
         buf.times = Default::default();
         with_weights(&self.params, |w| {
-            buf.resize(t, batch, batch, true);
-            buf.forward(t, batch, w, x, eps);
-            let loss = buf.loss(x, batch, objective);
-            buf.backward(t, batch, w, eps, grads);
+            buf.resize(t, batch, batch, k);
+            buf.forward(t, (batch, k), w, x, eps);
+            let loss = match samples {
+                None => buf.loss(x, batch, objective),
+                Some(k) => buf.importance_weighted_loss(x, (batch, k), eps, objective.0),
+            };
+            buf.backward(t, (batch, k), w, eps, grads);
             loss
         })
     }
@@ -164,7 +186,7 @@ impl CpuStep {
         with_weights(&self.params, |w| {
             for x in x.chunks(ENCODE_ROWS * t.conv1.input_len()) {
                 let rows = x.len() / t.conv1.input_len();
-                buf.resize(t, rows, rows.min(ENCODE_CONV_ROWS), false);
+                buf.resize(t, rows, rows.min(ENCODE_CONV_ROWS), 0);
                 buf.encode(t, rows, w, x, ENCODE_CONV_ROWS);
                 mu.extend_from_slice(&buf.out.mu);
                 logvar.extend_from_slice(&buf.out.var);

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::kernels::{
-    Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward, linear_backward,
-    linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
+    ImportanceSamples, Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward,
+    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
 };
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
@@ -47,14 +47,17 @@ pub(super) struct Buffers {
     g_z: Vec<f32>,
     /// Room for the transposed convolutions' columns and the column-major products.
     scratch: Vec<f32>,
+    /// Each code's normalised importance weight over `B` (the importance-weighted
+    /// objective only; empty for the VAE's).
+    iw_weights: Vec<f32>,
     /// Seconds per part of the last call.
     pub times: Timings,
 }
 
 impl Buffers {
     /// Sizes the buffers for `b` images, the first convolution's for `conv_rows`: those of
-    /// the encoder, or with `training` all.
-    pub fn resize(&mut self, t: &Layers<Layer>, b: usize, conv_rows: usize, training: bool) {
+    /// the encoder, or with `samples` > 0 all, the decoder's for `samples` codes per image.
+    pub fn resize(&mut self, t: &Layers<Layer>, b: usize, conv_rows: usize, samples: usize) {
         self.cols1.resize(conv_rows * columns_len(&t.conv1), 0.0);
         self.cols2.resize(conv_rows * columns_len(&t.conv2), 0.0);
         let encoder = [&t.conv2, &t.enc_linear, &t.enc_linear2, &t.mu, &t.var];
@@ -65,24 +68,34 @@ impl Buffers {
         {
             buf.resize(b * layer.output_len(), 0.0);
         }
-        if !training {
+        if samples == 0 {
             return;
         }
+        let (rows, latent) = (b * samples, t.mu.outputs);
         let decoder = [&t.dec_linear, &t.dec_linear2, &t.dec_linear3, &t.deconv1, &t.deconv2];
         for (buf, layer) in [&mut o.dec_linear, &mut o.dec_linear2, &mut o.dec_linear3, &mut o.deconv1, &mut o.deconv2]
             .into_iter()
             .zip(decoder)
         {
+            buf.resize(rows * layer.output_len(), 0.0);
+        }
+        let g = &mut self.grad_out;
+        let encoder_grads = [&mut g.conv1, &mut g.conv2, &mut g.enc_linear, &mut g.enc_linear2, &mut g.mu, &mut g.var];
+        for (buf, layer) in
+            encoder_grads.into_iter().zip([&t.conv1, &t.conv2, &t.enc_linear, &t.enc_linear2, &t.mu, &t.var])
+        {
             buf.resize(b * layer.output_len(), 0.0);
         }
-        for (buf, layer) in self.grad_out.all_mut().into_iter().zip(t.all()) {
-            buf.resize(b * layer.output_len(), 0.0);
+        let decoder_grads = [&mut g.dec_linear, &mut g.dec_linear2, &mut g.dec_linear3, &mut g.deconv1, &mut g.deconv2];
+        for (buf, layer) in decoder_grads.into_iter().zip(decoder) {
+            buf.resize(rows * layer.output_len(), 0.0);
         }
-        for buf in [&mut self.std, &mut self.z, &mut self.g_z] {
-            buf.resize(b * t.mu.outputs, 0.0);
+        self.std.resize(b * latent, 0.0);
+        for buf in [&mut self.z, &mut self.g_z] {
+            buf.resize(rows * latent, 0.0);
         }
         let scratch = columns_len(&t.conv2).max(columns_len(&t.conv1));
-        self.scratch.resize(b * scratch, 0.0);
+        self.scratch.resize(rows.max(b) * scratch, 0.0);
     }
 
     /// The encoder: `x` to `mu` and `logvar`, keeping what the backward pass needs. The
@@ -110,18 +123,32 @@ impl Buffers {
         timed(&mut tm.var[FORWARD], || linear_forward(&t.var, &o.enc_linear2, w.var, &mut o.var, b, s));
     }
 
-    /// The whole model: `x` and the noise `eps` to the reconstruction logits.
-    pub fn forward(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>, x: &[f32], eps: &[f32]) {
+    /// The whole model: `x` and the noise `eps` (`samples` rows per image, image-major) to
+    /// the reconstruction logits of every sampled code.
+    pub fn forward(
+        &mut self,
+        t: &Layers<Layer>,
+        (b, samples): (usize, usize),
+        w: &Layers<Params>,
+        x: &[f32],
+        eps: &[f32],
+    ) {
         self.encode(t, b, w, x, b);
         let (o, tm, s) = (&mut self.out, &mut self.times, &mut self.scratch);
+        let latent = t.mu.outputs;
         timed(&mut tm.loss[FORWARD], || {
-            for (((z, std), (mu, logvar)), eps) in
-                self.z.iter_mut().zip(&mut self.std).zip(o.mu.iter().zip(&o.var)).zip(eps)
-            {
+            for (std, logvar) in self.std.iter_mut().zip(&o.var) {
                 *std = (0.5 * logvar).exp();
-                *z = mu + eps * *std;
+            }
+            for ((z, eps), r) in self.z.chunks_mut(latent).zip(eps.chunks(latent)).zip(0..) {
+                let i = r / samples;
+                let (mu, std) = (&o.mu[i * latent..(i + 1) * latent], &self.std[i * latent..(i + 1) * latent]);
+                for (((z, eps), mu), std) in z.iter_mut().zip(eps).zip(mu).zip(std) {
+                    *z = mu + eps * std;
+                }
             }
         });
+        let b = b * samples;
         let tm = &mut tm.layers;
         timed(&mut tm.dec_linear[FORWARD], || {
             linear_forward(&t.dec_linear, &self.z, w.dec_linear, &mut o.dec_linear, b, s)
@@ -140,10 +167,28 @@ impl Buffers {
     /// `(BCE + kl_weight · KL) / B` with respect to the logits and, through the KL term, to
     /// the posterior's parameters.
     pub fn loss(&mut self, x: &[f32], b: usize, (likelihood, kl_weight): (Likelihood, f32)) -> BatchLoss {
+        self.iw_weights.clear();
         let (o, g) = (&self.out, &mut self.grad_out);
         timed(&mut self.times.loss[FORWARD], || {
             let q = Posterior { mu: &o.mu, logvar: &o.var, std: &self.std, g_mu: &mut g.mu, g_logvar: &mut g.var };
             loss_gradient(&o.deconv2, x, &mut g.deconv2, q, b, (likelihood, kl_weight))
+        })
+    }
+
+    /// [`Buffers::loss`] for the importance-weighted objective over the `samples` codes
+    /// of each image that the last [`Buffers::forward`] decoded from noise `eps`.
+    pub fn importance_weighted_loss(
+        &mut self,
+        x: &[f32],
+        (b, samples): (usize, usize),
+        eps: &[f32],
+        likelihood: Likelihood,
+    ) -> BatchLoss {
+        let (o, g) = (&self.out, &mut self.grad_out);
+        let codes = ImportanceSamples { z: &self.z, eps, samples, weights: &mut self.iw_weights };
+        timed(&mut self.times.loss[FORWARD], || {
+            let q = Posterior { mu: &o.mu, logvar: &o.var, std: &self.std, g_mu: &mut g.mu, g_logvar: &mut g.var };
+            iw_loss_gradient(&o.deconv2, x, &mut g.deconv2, q, codes, (b, likelihood))
         })
     }
 
@@ -152,12 +197,13 @@ impl Buffers {
     pub fn backward(
         &mut self,
         t: &Layers<Layer>,
-        b: usize,
+        (b, samples): (usize, usize),
         w: &Layers<Params>,
         eps: &[f32],
         grads: &mut Layers<Grads>,
     ) {
         let (o, g, tm, s) = (&self.out, &mut self.grad_out, &mut self.times, &mut self.scratch);
+        let (rows, latent) = (b * samples, t.mu.outputs);
         timed(&mut tm.layers.deconv2[BACKWARD], || {
             deconv_backward(
                 &t.deconv2,
@@ -177,24 +223,34 @@ impl Buffers {
         });
         timed(&mut tm.layers.dec_linear3[BACKWARD], || {
             let (g_out, g_in) = (&g.dec_linear3, &mut g.dec_linear2);
-            linear_backward(g_out, &o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3, Some(g_in), b);
+            linear_backward(g_out, &o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3, Some(g_in), rows);
             relu_mask(g_in, &o.dec_linear2);
         });
         timed(&mut tm.layers.dec_linear2[BACKWARD], || {
             let (g_out, g_in) = (&g.dec_linear2, &mut g.dec_linear);
-            linear_backward(g_out, &o.dec_linear, w.dec_linear2.weight, &mut grads.dec_linear2, Some(g_in), b);
+            linear_backward(g_out, &o.dec_linear, w.dec_linear2.weight, &mut grads.dec_linear2, Some(g_in), rows);
             relu_mask(g_in, &o.dec_linear);
         });
         timed(&mut tm.layers.dec_linear[BACKWARD], || {
             let g_z = Some(&mut self.g_z[..]);
-            linear_backward(&g.dec_linear, &self.z, w.dec_linear.weight, &mut grads.dec_linear, g_z, b);
+            linear_backward(&g.dec_linear, &self.z, w.dec_linear.weight, &mut grads.dec_linear, g_z, rows);
         });
         timed(&mut tm.loss[BACKWARD], || {
-            for (((g_mu, g_logvar), g_z), (eps, std)) in
-                g.mu.iter_mut().zip(&mut g.var).zip(&self.g_z).zip(eps.iter().zip(&self.std))
-            {
-                *g_mu += g_z;
-                *g_logvar += g_z * eps * 0.5 * std;
+            // The importance-weighted objective's prior term, −w̃ log p(z) / B, on each code.
+            for ((g_z, z), weight) in self.g_z.chunks_mut(latent).zip(self.z.chunks(latent)).zip(&self.iw_weights) {
+                for (g_z, z) in g_z.iter_mut().zip(z) {
+                    *g_z += weight * z;
+                }
+            }
+            // Through z = mu + eps · exp(logvar / 2), summed over each image's samples.
+            for ((g_z, eps), r) in self.g_z.chunks(latent).zip(eps.chunks(latent)).zip(0..) {
+                let i = r / samples;
+                let at = i * latent..(i + 1) * latent;
+                let (g_mu, g_logvar, std) = (&mut g.mu[at.clone()], &mut g.var[at.clone()], &self.std[at]);
+                for ((((g_mu, g_logvar), g_z), eps), std) in g_mu.iter_mut().zip(g_logvar).zip(g_z).zip(eps).zip(std) {
+                    *g_mu += g_z;
+                    *g_logvar += g_z * eps * 0.5 * std;
+                }
             }
         });
         timed(&mut tm.layers.mu[BACKWARD], || {
