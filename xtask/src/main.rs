@@ -5,11 +5,13 @@
 //! - `cargo xtask bench`: every crate's bench (`vae-bench`'s whole step and peaks,
 //!   `vae-model`'s layers and encoder, the classifier's fit, t-SNE), or with
 //!   `--pytorch PYTHON` our step and encoder beside PyTorch's.
+//! - `cargo xtask study`: the objectives side by side, tabled in `docs/study.md`.
 
 mod bench;
 mod html;
 mod pipeline;
 mod report;
+mod study;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +35,9 @@ enum Task {
     /// Measure the FMA and GEMM peaks, the training step, its per-layer costs, the
     /// encoder, the classifier and t-SNE; or, with --pytorch, our step beside PyTorch's
     Bench(bench::BenchArgs),
+    /// Train and analyse the VAE, β-VAE (β = 4), IWAE (K = 5) and continuous-Bernoulli
+    /// VAE under one budget and seed, and table them in docs/study.md
+    Study(study::StudyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Task::Pipeline(args) => pipeline::run(&args),
         Task::Ci => ci(),
         Task::Bench(args) => bench::run(&args),
+        Task::Study(args) => study::run(&args).map(|_| ()),
     }
 }
 

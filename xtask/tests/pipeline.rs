@@ -337,3 +337,27 @@ fn killed_pipeline_leaves_only_complete_files_and_a_rerun_finishes() {
     let log = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success() && log.contains("== classifier: /"), "classifier redone:\n{log}");
 }
+
+/// `cargo xtask study --quick` trains and analyses the four configurations and tables
+/// every one of them with real figures.
+#[test]
+fn the_quick_study_tables_every_configuration() {
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let page = tmp.path().join("study.md");
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["study", "--quick", "--runs", tmp.path().to_str().unwrap(), "--out", page.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let page = std::fs::read_to_string(page).unwrap();
+    for label in
+        ["| VAE (the reference's objective) |", "| β-VAE, β = 4 |", "| IWAE, K = 5 |", "| VAE, continuous Bernoulli |"]
+    {
+        let row = page.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{label} missing:\n{page}"));
+        assert!(!row.contains('–') && row.matches(" of ").count() == 1, "{row}");
+    }
+    assert!(page.contains("--iw-samples 5") && page.contains("--likelihood continuous-bernoulli"), "{page}");
+}
