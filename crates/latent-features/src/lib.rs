@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
-use vae_data::run::file;
+use vae_data::run::{EncodedSplit, LatentFeaturesRecord, file};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split, write_npy_f32, write_npy_i64};
 use vae_model::{CpuStep, Vae};
 
@@ -134,18 +134,7 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
         tracing::warn!("{} holds tensors the model does not use: {}", args.model.display(), extra.join(", "));
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut record = serde_json::json!({
-        "tool": "latent-features",
-        "version": env!("CARGO_PKG_VERSION"),
-        "model": args.model,
-        "model_sha256": vae_data::sha256_file(&args.model)?,
-        "features": args.features,
-        "data": args.data.dir,
-    });
-    for (kind, limit, name, label, (latents, labels)) in [
-        (SplitKind::Train, args.limits.train_limit, "train", "Training", (file::TRAIN_LATENTS, file::TRAIN_LABELS)),
-        (SplitKind::Test, args.limits.test_limit, "test", "Testing", (file::TEST_LATENTS, file::TEST_LABELS)),
-    ] {
+    let mut encode = |kind, limit: Option<u32>, name: &str, label: &str, (latents, labels): (&str, &str)| {
         let mut split = load_split(&args.data.dir, kind).with_context(|| format!("loading the {name} set"))?;
         if let Some(n) = limit {
             split.truncate(n as usize);
@@ -156,9 +145,21 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
         write_npy_f32(&args.out.join(latents), &[rows, cols], &features)?;
         let classes: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
         write_npy_i64(&args.out.join(labels), &[rows], &classes)?;
-        record[format!("{name}_shape")] = serde_json::json!([rows, cols]);
-        record[format!("{name}_inputs_sha256")] = serde_json::json!(split.checksums);
-    }
+        anyhow::Ok(EncodedSplit { shape: [rows, cols], inputs_sha256: split.checksums })
+    };
+    let limits = &args.limits;
+    let train =
+        encode(SplitKind::Train, limits.train_limit, "train", "Training", (file::TRAIN_LATENTS, file::TRAIN_LABELS))?;
+    let test = encode(SplitKind::Test, limits.test_limit, "test", "Testing", (file::TEST_LATENTS, file::TEST_LABELS))?;
+    let record = LatentFeaturesRecord {
+        tool: format!("latent-features {}", env!("CARGO_PKG_VERSION")),
+        model: args.model.clone(),
+        model_sha256: vae_data::sha256_file(&args.model)?,
+        features: args.features.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string()),
+        data: args.data.dir.clone(),
+        train,
+        test,
+    };
     let path = args.out.join(file::LATENT_FEATURES);
     vae_data::write_atomic(&path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     Ok(())
@@ -201,5 +202,36 @@ mod tests {
                 assert!(diff < 1e-6, "--features mu is the first half: row {i} differs by {diff}");
             }
         }
+    }
+
+    /// A whole run on a few images writes the four files and a typed record of them.
+    #[test]
+    fn a_run_records_what_it_encoded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, cfg) = (tmp.path(), vae_model::VaeConfig::default());
+        let varmap = VarMap::new();
+        vae_model::init_varmap(&varmap, &cfg, 4, &Device::Cpu).unwrap();
+        let model = dir.join("model.safetensors");
+        vae_model::save_tensors(&model, &vae_model::varmap_tensors(&varmap).unwrap(), None).unwrap();
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+        let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), dir.to_str().unwrap());
+        let argv = [
+            "latent-features",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--train-limit",
+            "6",
+            "--test-limit",
+            "4",
+        ];
+        run(&LatentArgs::try_parse_from(argv).unwrap()).unwrap();
+        let record: LatentFeaturesRecord = vae_data::run::read_json(&dir.join(file::LATENT_FEATURES)).unwrap();
+        assert_eq!((record.train.shape, record.test.shape, record.features.as_str()), ([6, 20], [4, 20], "mu-logvar"));
+        assert_eq!(record.test.inputs_sha256.len(), 2);
+        assert!(dir.join(file::TEST_LABELS).is_file() && dir.join(file::TRAIN_LATENTS).is_file());
     }
 }

@@ -289,6 +289,34 @@ pub struct TsneSummary {
     pub knn10_label_agreement_latent: f64,
 }
 
+/// One split as `latent-features` encoded it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EncodedSplit {
+    /// Shape of its feature file, `(images, columns)`.
+    pub shape: [usize; 2],
+    /// `(file name, SHA-256 of its decompressed bytes)` of the split's two IDX files.
+    pub inputs_sha256: Vec<(String, String)>,
+}
+
+/// What `latent_features.json` holds: where the features came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LatentFeaturesRecord {
+    /// The tool and its version, e.g. `latent-features 0.1.0`.
+    pub tool: String,
+    /// The weights encoded with.
+    pub model: std::path::PathBuf,
+    /// Their SHA-256.
+    pub model_sha256: String,
+    /// The columns: `mu-logvar` or `mu`.
+    pub features: String,
+    /// The dataset directory.
+    pub data: std::path::PathBuf,
+    /// The training split.
+    pub train: EncodedSplit,
+    /// The test split.
+    pub test: EncodedSplit,
+}
+
 /// The machine a run trained on: what its bits and its seconds depend on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
