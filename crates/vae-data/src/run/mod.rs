@@ -1,5 +1,5 @@
 //! The run directory's contract, written once: the name of every file the stages write
-//! and read ([`file`], [`FIGURES`]), the records of the JSON files that more than one
+//! and read ([`mod@file`], [`FIGURES`]), the records of the JSON files that more than one
 //! crate reads ([`EpochRecord`] of `history.json`, [`EvalSummary`] of `eval.json`,
 //! [`ClassifierSummary`] of `metrics.json`), the columns of `history.npy`, the published
 //! reference figures, and the parsers of numeric flags that the stages and `xtask` share
