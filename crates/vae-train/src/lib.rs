@@ -112,6 +112,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     }
     ensure!(!train.is_empty() && !test.is_empty(), "the dataset in {} holds no images", args.data.dir.display());
 
+    // The decoder holds batch × samples codes: the same memory bound as --batch-size.
+    ensure!(
+        args.batch_size * args.iw_samples <= 1024,
+        "--batch-size {} × --iw-samples {} decodes {} codes per step; at most 1024 fit the step's memory bound",
+        args.batch_size,
+        args.iw_samples,
+        args.batch_size * args.iw_samples
+    );
     let cfg = VaeConfig { latent_dim: args.latent_dim as usize, likelihood: args.likelihood, ..VaeConfig::default() };
     let fingerprint = Fingerprint {
         batch_size: args.batch_size,

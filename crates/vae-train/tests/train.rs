@@ -159,6 +159,10 @@ fn bad_flags_and_data_are_clear_errors() {
     a.data.dir = PathBuf::from("/nonexistent/mnist");
     let err = format!("{:#}", vae_train::run(&a).unwrap_err());
     assert!(err.contains("/nonexistent/mnist") && err.contains("training set"), "{err}");
+    let mut wide = args(&out, &["--epochs", "1", "--iw-samples", "4"]);
+    wide.batch_size = 512;
+    let err = format!("{:#}", vae_train::run(&wide).unwrap_err());
+    assert!(err.contains("decodes 2048 codes per step"), "{err}");
     let file = root.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = format!("{:#}", vae_train::run(&args(&file, &["--epochs", "1"])).unwrap_err());

@@ -230,6 +230,15 @@ pub(super) struct Posterior<'a> {
     pub g_logvar: &'a mut [f32],
 }
 
+/// The binary cross-entropy of target `x` under logit `l`, in the stable form
+/// `max(l, 0) − l·x + log(1 + e^−|l|)`, and its derivative `sigmoid(l) − x`.
+#[inline(always)]
+fn bce_and_gradient(l: f32, x: f32) -> (f64, f32) {
+    let e = (-l.abs()).exp();
+    let sigmoid = if l >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    (f64::from(l.max(0.0) - l * x + e.ln_1p()), sigmoid - x)
+}
+
 /// The loss sums of a batch of `b` images `x`, and the gradients of
 /// `(BCE + kl_weight · KL) / B` with respect to the `logits` (into `g_logits`) and,
 /// through the KL term only, to the posterior's parameters (the decoder's share is added
@@ -252,11 +261,9 @@ pub(super) fn loss_gradient(
         .map(|((l, x), g)| {
             let mut sum = 0.0f64;
             for i in 0..l.len() {
-                let (l, x) = (l[i], x[i]);
-                let e = (-l.abs()).exp();
-                sum += f64::from(l.max(0.0) - l * x + e.ln_1p());
-                let sigmoid = if l >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-                g[i] = (sigmoid - x) * inv_b;
+                let (bce, gradient) = bce_and_gradient(l[i], x[i]);
+                sum += bce;
+                g[i] = gradient * inv_b;
             }
             if likelihood == Likelihood::ContinuousBernoulli {
                 // −log p(x | l) = BCE − log C(l).
@@ -315,11 +322,10 @@ pub(super) fn iw_loss_gradient(
             let x = &x[r / samples * pixels..(r / samples + 1) * pixels];
             let mut sum = 0.0f64;
             for i in 0..l.len() {
-                let (l, x) = (l[i], x[i]);
-                let e = (-l.abs()).exp();
-                sum += f64::from(l.max(0.0) - l * x + e.ln_1p());
-                let sigmoid = if l >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-                g[i] = sigmoid - x;
+                let (bce, gradient) = bce_and_gradient(l[i], x[i]);
+                sum += bce;
+                g[i] = gradient;
+                let l = l[i];
                 if likelihood == Likelihood::ContinuousBernoulli {
                     sum -= f64::from(cb_log_normaliser(l));
                     g[i] -= cb_log_normaliser_grad(l);

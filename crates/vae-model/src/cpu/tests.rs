@@ -13,6 +13,18 @@ fn mnist_images(n: usize) -> Vec<f32> {
     test.gather_f32(&(0..n).collect::<Vec<_>>())
 }
 
+/// Every parameter's gradient left in `step` is within 1e-4 (relative to its largest
+/// value) of candle's autograd in `reference`.
+fn assert_gradients_match(step: &CpuStep, varmap: &VarMap, reference: &candle_core::backprop::GradStore, case: &str) {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let want = reference.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = step.grad(name).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let diff = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-4 * scale, "{case} {name}: max difference {diff}, scale {scale}");
+    }
+}
+
 /// Loss and every parameter gradient against candle's autograd on the candle model,
 /// for the reference's model and for a smaller one with other widths, the latter also as a
 /// β-VAE (KL weighted by 4) and under the continuous Bernoulli likelihood.
@@ -36,7 +48,6 @@ fn matches_candle_autograd() {
         let objective = ((&terms.bce + (&terms.kl * beta).unwrap()).unwrap() / batch as f64).unwrap();
         let reference = objective.backward().unwrap();
 
-        let vars: Vec<_> = varmap.data().lock().unwrap().clone().into_iter().collect();
         let mut step = CpuStep::new(&cfg, &varmap).unwrap();
         step.set_kl_weight(beta as f32);
         let loss = step.run(&pixels, &eps).unwrap();
@@ -44,13 +55,7 @@ fn matches_candle_autograd() {
         let kl = f64::from(terms.kl.to_scalar::<f32>().unwrap());
         assert!((loss.bce - bce).abs() < 1e-5 * bce, "bce {} vs {bce}", loss.bce);
         assert!((loss.kl - kl).abs() < 1e-4 * kl.max(1.0), "kl {} vs {kl}", loss.kl);
-        for (name, var) in &vars {
-            let want = reference.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let got = step.grad(name).unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let diff = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff <= 1e-4 * scale, "{name}: max difference {diff}, scale {scale}");
-        }
+        assert_gradients_match(&step, &varmap, &reference, "");
         let (mu, logvar) = vae.encode(&x).unwrap();
         let (our_mu, our_logvar) = step.encode(&pixels).unwrap();
         for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
@@ -141,14 +146,7 @@ fn importance_weighted_objective_matches_candle_autograd() {
         let first = Tensor::from_vec(image_major[..batch * d].to_vec(), (batch, d), &dev).unwrap();
         let kl = vae.loss_terms(&vae.forward(&x, &first).unwrap(), &x).unwrap().kl.to_scalar::<f32>().unwrap();
         assert!((loss.kl - f64::from(kl)).abs() < 1e-4 * f64::from(kl).max(1.0), "{loss:?} vs KL {kl}");
-        let vars: Vec<_> = varmap.data().lock().unwrap().clone().into_iter().collect();
-        for (name, var) in &vars {
-            let want = reference.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let got = step.grad(name).unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let diff = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff <= 1e-4 * scale, "{likelihood:?} {name}: max difference {diff}, scale {scale}");
-        }
+        assert_gradients_match(&step, &varmap, &reference, &format!("{likelihood:?}"));
         // The same step object still runs the VAE objective afterwards, as a fresh one does.
         let again = step.run(&pixels, &image_major[..batch * d]).unwrap();
         let fresh = CpuStep::new(&cfg, &varmap).unwrap().run(&pixels, &image_major[..batch * d]).unwrap();
