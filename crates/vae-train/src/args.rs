@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
+use vae_data::run::{average_decay, non_negative_finite, positive_finite, unit_interval};
 
 use vae_model::Likelihood;
 
@@ -11,7 +11,11 @@ use crate::schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
 
 /// Command-line flags of `vae-train`.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
-#[command(version, about = "Train the reference's convolutional VAE on MNIST-style IDX data")]
+#[command(
+    version,
+    about = "Train the reference's convolutional VAE on MNIST-style IDX data",
+    long_about = "Train the reference's convolutional VAE on MNIST-style IDX data.\n\nThe defaults are the project's recipe (docs/training-recipes.md): one epoch at batch 32, then batch 128, Adam at a peak of 2e-3 on a cosine decay, evaluated through a 0.999 weight average. `--recipe reference` gives the published experiment's stated settings instead."
+)]
 pub struct TrainArgs {
     /// --data: the dataset directory
     #[command(flatten)]
@@ -26,16 +30,25 @@ pub struct TrainArgs {
     /// Images per optimisation step (the last batch of an epoch may be smaller); the CPU
     /// step keeps about 1.2 MB of activations and gradients per image, so at most 1024
     /// (about 1.3 GB, under 2 GB with the model, Adam's moments and the dataset)
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
+    /// Epochs at the start of the run trained at --initial-batch-size instead of
+    /// --batch-size (more, smaller steps while the model is far from a good one)
+    #[arg(long, default_value_t = 1)]
+    pub initial_batch_epochs: u32,
+    /// Batch size of the first --initial-batch-epochs epochs (1 to 1024); their learning
+    /// rate is the schedule's × sqrt(this / --batch-size), the square-root scaling rule
+    /// for Adam (Malladi et al. 2022)
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub initial_batch_size: u32,
     /// Adam learning rate, the peak of the schedule (betas 0.9/0.999, eps 1e-8, no weight
     /// decay, as in PyTorch)
-    #[arg(long, default_value_t = 1e-3, value_parser = positive_finite)]
+    #[arg(long, default_value_t = 2e-3, value_parser = positive_finite)]
     pub lr: f64,
     /// How the learning rate changes after the warm-up: constant (the reference's), cosine
     /// (half a cosine down to --lr × --lr-final-fraction at the last step of --epochs), or
     /// step (× --lr-step-gamma every --lr-step-epochs epochs)
-    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
     pub lr_schedule: LrSchedule,
     /// Cosine schedule: the final learning rate as a fraction of --lr
     #[arg(long, default_value_t = 0.0, value_parser = unit_interval)]
@@ -49,12 +62,12 @@ pub struct TrainArgs {
     /// Epochs of linear warm-up of the learning rate from --lr / steps to --lr
     #[arg(long, default_value_t = 0)]
     pub warmup_epochs: u32,
-    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999;
-    /// the decay of update n is min(DECAY, (1 + n) / (10 + n))); the average is what is
-    /// evaluated, snapshot and written to model.safetensors, while training goes on from
-    /// the raw weights (both are in the checkpoint)
-    #[arg(long, value_parser = open_unit_interval)]
-    pub ema: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay (0: none, the
+    /// reference's; the decay of update n is min(DECAY, (1 + n) / (10 + n))); the average
+    /// is what is evaluated, snapshot and written to model.safetensors, while training
+    /// goes on from the raw weights (both are in the checkpoint)
+    #[arg(long, default_value_t = 0.999, value_parser = average_decay)]
+    pub ema: f64,
     /// Weight β of the KL term in the training objective, (BCE + β·KL) / B: a β-VAE
     /// (Higgins et al. 2017) for β ≠ 1. The losses reported stay the unweighted ELBO, so
     /// runs with different β compare
@@ -76,12 +89,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with_all = ["beta", "kl_warmup_epochs"])]
     pub iw_samples: u32,
     /// A named preset; `reference` (or `seed`): the published reference experiment's
-    /// stated settings (batch 32, constant lr 1e-3, no warm-up, no average, β = 1),
+    /// stated settings (batch 32 throughout, constant lr 1e-3, no warm-up, no average,
+    /// β = 1) instead of the defaults (docs/training-recipes.md),
     /// refusing flags that would change them
     #[arg(
         long,
         value_enum,
-        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood", "iw_samples"]
+        conflicts_with_all = ["batch_size", "initial_batch_epochs", "initial_batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood", "iw_samples"]
     )]
     pub recipe: Option<Recipe>,
     /// Dimension of the latent space
@@ -115,15 +129,16 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The flags with `--recipe` applied.
-    pub(crate) fn resolved(&self) -> Self {
+    pub fn resolved(&self) -> Self {
         match self.recipe {
             None => self.clone(),
             Some(Recipe::Reference) => Self {
                 batch_size: 32,
+                initial_batch_epochs: 0,
                 lr: 1e-3,
                 lr_schedule: LrSchedule::Constant,
                 warmup_epochs: 0,
-                ema: None,
+                ema: 0.0,
                 beta: 1.0,
                 kl_warmup_epochs: 0,
                 ..self.clone()
@@ -131,30 +146,57 @@ impl TrainArgs {
         }
     }
 
-    /// Optimisation steps in an epoch of `train_images` images.
-    pub(crate) fn steps_per_epoch(&self, train_images: usize) -> u64 {
-        train_images.div_ceil(self.batch_size as usize) as u64
+    /// The weight average's decay, `None` for no average.
+    pub(crate) fn ema_decay(&self) -> Option<f64> {
+        (self.ema > 0.0).then_some(self.ema)
+    }
+
+    /// The batch size of epoch `epoch` (0-based).
+    pub(crate) fn batch_size_of(&self, epoch: u32) -> u32 {
+        if epoch < self.initial_batch_epochs { self.initial_batch_size } else { self.batch_size }
+    }
+
+    /// The initial phase at its own batch size, as (epochs, batch size); `None` when
+    /// every epoch runs at `--batch-size`.
+    pub(crate) fn initial_batches(&self) -> Option<(u32, u32)> {
+        let differs = self.initial_batch_epochs > 0 && self.initial_batch_size != self.batch_size;
+        differs.then_some((self.initial_batch_epochs, self.initial_batch_size))
+    }
+
+    /// Optimisation steps in the first `epochs` epochs, for `train_images` images each.
+    pub(crate) fn steps_before(&self, epochs: u32, train_images: usize) -> u64 {
+        let steps = |batch: u32| train_images.div_ceil(batch as usize) as u64;
+        let initial = epochs.min(self.initial_batch_epochs);
+        u64::from(initial) * steps(self.initial_batch_size) + u64::from(epochs - initial) * steps(self.batch_size)
     }
 
     /// The KL weight of every step, for `train_images` images per epoch.
     pub(crate) fn kl_plan(&self, train_images: usize) -> KlPlan {
-        let warmup_steps = u64::from(self.kl_warmup_epochs) * self.steps_per_epoch(train_images);
-        KlPlan { beta: self.beta, warmup_steps }
+        KlPlan { beta: self.beta, warmup_steps: self.steps_before(self.kl_warmup_epochs, train_images) }
     }
 
-    /// The learning rate of every step, for `train_images` images per epoch.
-    pub(crate) fn lr_plan(&self, train_images: usize) -> LrPlan {
-        let steps_per_epoch = self.steps_per_epoch(train_images);
+    /// The learning rate of every step, for `train_images` images per epoch. Its steps
+    /// are optimisation steps: with an initial phase at a smaller batch, that phase has
+    /// more of them per epoch, and so a larger share of the warm-up and of the cosine.
+    pub(crate) fn lr_plan(&self, train_images: usize) -> anyhow::Result<LrPlan> {
         let schedule = self.lr_schedule;
         let (cosine, step) = (schedule == LrSchedule::Cosine, schedule == LrSchedule::Step);
-        LrPlan {
+        let initial = self.initial_batches();
+        anyhow::ensure!(
+            !(step && initial.is_some()),
+            "--lr-schedule step decays every --lr-step-epochs epochs of one batch size; it cannot be combined with --initial-batch-epochs"
+        );
+        let steps_per_epoch = self.steps_before(1, train_images);
+        Ok(LrPlan {
             base: self.lr,
             schedule,
-            warmup_steps: u64::from(self.warmup_epochs) * steps_per_epoch,
-            total_steps: if cosine { u64::from(self.epochs) * steps_per_epoch } else { 0 },
+            warmup_steps: self.steps_before(self.warmup_epochs, train_images),
+            total_steps: if cosine { self.steps_before(self.epochs, train_images) } else { 0 },
             final_fraction: if cosine { self.lr_final_fraction } else { 0.0 },
             step_every: if step { u64::from(self.lr_step_epochs) * steps_per_epoch } else { 0 },
             gamma: if step { self.lr_step_gamma } else { 1.0 },
-        }
+            initial_steps: initial.map_or(0, |(epochs, _)| self.steps_before(epochs, train_images)),
+            initial_scale: initial.map_or(1.0, |(_, size)| (f64::from(size) / f64::from(self.batch_size)).sqrt()),
+        })
     }
 }

@@ -20,6 +20,10 @@ use crate::{EpochRecord, TrainError, TrainState};
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Fingerprint {
     pub(crate) batch_size: u32,
+    /// The initial phase at another batch size, as (epochs, batch size); none in
+    /// checkpoints made before the choice existed.
+    #[serde(default)]
+    pub(crate) initial_batches: Option<(u32, u32)>,
     pub(crate) lr: LrPlan,
     pub(crate) kl: KlPlan,
     pub(crate) ema: Option<f64>,

@@ -113,19 +113,20 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     ensure!(!train.is_empty() && !test.is_empty(), "the dataset in {} holds no images", args.data.dir.display());
 
     // The decoder holds batch × samples codes: the same memory bound as --batch-size.
+    let largest_batch = args.batch_size.max(args.initial_batches().map_or(0, |(_, size)| size));
     ensure!(
-        args.batch_size * args.iw_samples <= 1024,
-        "--batch-size {} × --iw-samples {} decodes {} codes per step; at most 1024 fit the step's memory bound",
-        args.batch_size,
+        largest_batch * args.iw_samples <= 1024,
+        "batch size {largest_batch} × --iw-samples {} decodes {} codes per step; at most 1024 fit the step's memory bound",
         args.iw_samples,
-        args.batch_size * args.iw_samples
+        largest_batch * args.iw_samples
     );
     let cfg = VaeConfig { latent_dim: args.latent_dim as usize, likelihood: args.likelihood, ..VaeConfig::default() };
     let fingerprint = Fingerprint {
         batch_size: args.batch_size,
-        lr: args.lr_plan(train.len()),
+        initial_batches: args.initial_batches(),
+        lr: args.lr_plan(train.len())?,
         kl: args.kl_plan(train.len()),
-        ema: args.ema,
+        ema: args.ema_decay(),
         iw_samples: args.iw_samples,
         seed: args.seed,
         train_images: train.len(),
@@ -138,7 +139,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     init_varmap(&varmap, &cfg, args.seed, &device)?;
     let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let mut adam = Adam::new(named_vars(&varmap)?, AdamConfig { lr: args.lr, ..AdamConfig::default() });
-    let mut ema = args.ema.map(|decay| Ema::new(decay, &sorted_vars(&varmap)?)).transpose()?;
+    let mut ema = args.ema_decay().map(|decay| Ema::new(decay, &sorted_vars(&varmap)?)).transpose()?;
     let mut cpu_step = if device.is_cpu() && !args.autograd { Some(CpuStep::new(&cfg, &varmap)?) } else { None };
 
     let checkpoint = files.path(file::CHECKPOINT);
@@ -168,8 +169,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
         let started = Instant::now();
         let state = TrainState { varmap: &varmap, adam: &mut adam, ema: ema.as_mut() };
         let (train_bce, train_kl) = train_epoch(&vae, state, plans, cpu_step.as_mut(), &train, args, epoch, &device)?;
-        let (test_sampled, test_at_mean) =
-            with_eval_weights(&varmap, ema.as_ref(), || evaluate(&vae, &test, args.seed, epoch, &device))?;
+        let (test_sampled, test_at_mean) = with_eval_weights(&varmap, ema.as_ref(), || {
+            evaluate(&vae, cpu_step.as_mut(), &test, (args.seed, epoch), &device)
+        })?;
         let seconds = started.elapsed().as_secs_f64();
         let losses = history::EpochLosses { train: (train_bce, train_kl), test: test_sampled, test_at_mean };
         let record = losses.record(epoch, seconds, train.len() + test.len());
@@ -293,7 +295,7 @@ fn train_epoch(
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut rng(args.seed, Stream::Shuffle, epoch));
     let mut noise = rng(args.seed, Stream::TrainNoise, epoch);
-    let batches = order.chunks(args.batch_size as usize);
+    let batches = order.chunks(args.batch_size_of(epoch) as usize);
     let bar = vae_data::cli::progress_bar(batches.len() as u64, format!("epoch {epoch}"), "batches");
     let TrainState { varmap, adam, mut ema } = state;
     let params = sorted_vars(varmap)?;
@@ -358,17 +360,38 @@ fn train_epoch(
 type TestLosses = ((f64, f64), (f64, f64));
 
 /// The test set's per-image (BCE, KL) in both conventions: one sampled z per image (the
-/// negative ELBO estimate), and z = the posterior mean.
-fn evaluate(vae: &Vae, test: &Split, seed: u64, epoch: u32, device: &Device) -> anyhow::Result<TestLosses> {
+/// negative ELBO estimate), and z = the posterior mean; through `cpu_step` where there is
+/// one (the same noise per image either way), else candle's graph.
+fn evaluate(
+    vae: &Vae,
+    cpu_step: Option<&mut CpuStep>,
+    test: &Split,
+    (seed, epoch): (u64, u32),
+    device: &Device,
+) -> anyhow::Result<TestLosses> {
     let mut noise = rng(seed, Stream::TestNoise, epoch);
     let mut sums = [0.0f64; 4];
     let indices: Vec<usize> = (0..test.len()).collect();
-    for batch in indices.chunks(EVAL_BATCH) {
-        let x = images_tensor(test, batch, device)?;
-        let eps = normal_tensor(&mut noise, (batch.len(), vae.config().latent_dim), device)?;
-        let (sampled, at_mean) = vae.loss_terms_both(&x, &eps)?;
-        for (sum, term) in sums.iter_mut().zip([&sampled.bce, &sampled.kl, &at_mean.bce, &at_mean.kl]) {
-            *sum += term.to_scalar::<f32>()? as f64;
+    let latent = vae.config().latent_dim;
+    match cpu_step {
+        Some(step) => {
+            for batch in indices.chunks(vae_model::EVAL_ROWS) {
+                let eps = normal_values(&mut noise, batch.len() * latent);
+                let [sampled, at_mean] = step.evaluate(&test.gather_f32(batch), &eps)?;
+                for (sum, term) in sums.iter_mut().zip([sampled.bce, sampled.kl, at_mean.bce, at_mean.kl]) {
+                    *sum += term;
+                }
+            }
+        }
+        None => {
+            for batch in indices.chunks(EVAL_BATCH) {
+                let x = images_tensor(test, batch, device)?;
+                let eps = normal_tensor(&mut noise, (batch.len(), latent), device)?;
+                let (sampled, at_mean) = vae.loss_terms_both(&x, &eps)?;
+                for (sum, term) in sums.iter_mut().zip([&sampled.bce, &sampled.kl, &at_mean.bce, &at_mean.kl]) {
+                    *sum += term.to_scalar::<f32>()? as f64;
+                }
+            }
         }
     }
     ensure!(sums.iter().all(|s| s.is_finite()), "the test loss is not finite after epoch {epoch}");

@@ -33,11 +33,28 @@ pub struct LrPlan {
     pub step_every: u64,
     /// Step decay: the factor of each decay.
     pub gamma: f64,
+    /// Steps of the initial phase at a different batch size (0 without one, as in
+    /// checkpoints made before the choice existed).
+    #[serde(default)]
+    pub initial_steps: u64,
+    /// The factor of the rate during the initial phase: sqrt(its batch / the batch).
+    #[serde(default = "one")]
+    pub initial_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl LrPlan {
     /// The learning rate of optimisation step `step` (0-based).
     pub fn at(&self, step: u64) -> f64 {
+        let rate = self.scheduled(step);
+        if step < self.initial_steps { rate * self.initial_scale } else { rate }
+    }
+
+    /// The warm-up and the decay, before the initial phase's scaling.
+    fn scheduled(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
             return self.base * (step + 1) as f64 / self.warmup_steps as f64;
         }
@@ -87,7 +104,18 @@ mod tests {
     use super::*;
 
     fn plan(schedule: LrSchedule, warmup_steps: u64) -> LrPlan {
-        LrPlan { base: 1e-3, schedule, warmup_steps, total_steps: 110, final_fraction: 0.1, step_every: 20, gamma: 0.5 }
+        let (initial_steps, initial_scale) = (0, 1.0);
+        LrPlan {
+            base: 1e-3,
+            schedule,
+            warmup_steps,
+            total_steps: 110,
+            final_fraction: 0.1,
+            step_every: 20,
+            gamma: 0.5,
+            initial_steps,
+            initial_scale,
+        }
     }
 
     #[test]
@@ -102,6 +130,10 @@ mod tests {
         assert!((cosine.at(60) - 0.55e-3).abs() < 1e-12, "half way: the mean of peak and floor");
         assert!((cosine.at(110) - 1e-4).abs() < 1e-15 && (cosine.at(500) - 1e-4).abs() < 1e-15);
         assert!((10..110).all(|t| cosine.at(t + 1) <= cosine.at(t)), "decreasing");
+        let initial = LrPlan { initial_steps: 30, initial_scale: 0.5, ..cosine.clone() };
+        assert!(
+            (0..30).all(|t| initial.at(t) == 0.5 * cosine.at(t)) && (30..120).all(|t| initial.at(t) == cosine.at(t))
+        );
         let step = plan(LrSchedule::Step, 0);
         assert_eq!((step.at(19), step.at(20), step.at(45)), (1e-3, 5e-4, 2.5e-4));
         let kl = KlPlan { beta: 4.0, warmup_steps: 8 };

@@ -9,7 +9,19 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")
 }
 
+/// Flags the tests pin unless they set them: the reference's constant 1e-3, because they
+/// resume runs to more epochs and a cosine's length is part of the run; no initial phase
+/// and no average, the simplest run. `default_recipe_runs_its_phases` tests the defaults.
+const PINNED: [(&str, &str); 4] =
+    [("--lr", "1e-3"), ("--lr-schedule", "constant"), ("--initial-batch-epochs", "0"), ("--ema", "0")];
+
 fn args(out: &Path, extra: &[&str]) -> TrainArgs {
+    let pinned = PINNED.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]);
+    parse_args(out, &pinned.chain(extra.iter().copied()).collect::<Vec<_>>())
+}
+
+/// The tests' slice and seed, with vae-train's defaults for every other flag but `extra`.
+fn parse_args(out: &Path, extra: &[&str]) -> TrainArgs {
     let data = data_dir();
     let mut argv = vec!["vae-train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
     argv.extend_from_slice(&["--train-limit", "512", "--test-limit", "200", "--batch-size", "64", "--seed", "7"]);
@@ -275,11 +287,36 @@ fn recipes_resume_to_identical_bytes_and_write_the_average() {
     vae_train::run(&args(&cosine, &["--epochs", "1", "--lr-schedule", "cosine"])).unwrap();
     let err = vae_train::run(&args(&cosine, &["--epochs", "2", "--lr-schedule", "cosine", "--resume"])).unwrap_err();
     assert!(format!("{err:#}").contains("different run"), "{err:#}");
-    // The reference's preset is the defaults, and refuses flags that would change it.
-    let seed = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "reference"]).unwrap();
-    assert_eq!((seed.batch_size, seed.lr, seed.ema), (32, 1e-3, None));
+    // The reference's preset replaces the defaults, and refuses flags that would change it.
+    let seed = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "reference"]).unwrap().resolved();
+    assert_eq!((seed.batch_size, seed.initial_batch_epochs, seed.lr, seed.ema), (32, 0, 1e-3, 0.0));
+    assert_eq!(seed.lr_schedule, vae_train::schedule::LrSchedule::Constant);
     let clash = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "seed", "--ema", "0.9"]);
     assert!(clash.unwrap_err().to_string().contains("--ema"));
+}
+
+/// The defaults: a first epoch at batch 32 with the rate scaled by sqrt(32 / 64), then
+/// the batch asked for, on one cosine over the steps of both phases, through the average.
+#[test]
+fn default_recipe_runs_its_phases() {
+    if vae_data::testing::skip_slow_tests() {
+        return;
+    }
+    let root = scratch();
+    let dir = root.path().join("default");
+    let history = vae_train::run(&parse_args(&dir, &["--epochs", "2"])).unwrap();
+    assert!(history[1].train_loss < history[0].train_loss, "{history:?}");
+    let config: serde_json::Value = serde_json::from_slice(&read(&dir, "config.json")).unwrap();
+    let plan = &config["learning_rate"];
+    let (initial, total) = (plan["initial_steps"].as_u64(), plan["total_steps"].as_u64());
+    assert_eq!((initial, total, plan["base"].as_f64()), (Some(512 / 32), Some(512 / 32 + 512 / 64), Some(2e-3)));
+    assert_eq!((plan["initial_scale"].as_f64(), config["ema_decay"].as_f64()), (Some(0.5f64.sqrt()), Some(0.999)));
+    let (_, meta) = vae_model::read_tensors(&dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(meta["ema_updates"], (512 / 32 + 512 / 64).to_string(), "one update per step of either phase");
+    // A step decay counts epochs of one batch size: refused with an initial phase.
+    let step = parse_args(&root.path().join("step"), &["--lr-schedule", "step"]);
+    let err = vae_train::run(&step).unwrap_err();
+    assert!(format!("{err:#}").contains("--initial-batch-epochs"), "{err:#}");
 }
 
 /// `vae-eval --k 5000` (the IWAE paper's figure) stays within its memory bound: the

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vae_data::run::{non_negative_finite, open_unit_interval, positive_finite, unit_interval};
+use vae_data::run::{average_decay, non_negative_finite, positive_finite, unit_interval};
 
 /// Flags of `cargo xtask pipeline`.
 #[derive(Debug, Clone, Args)]
@@ -23,6 +23,12 @@ pub struct PipelineArgs {
     /// Training batch size, 1 to 1024 (vae-train's default when absent)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: Option<u32>,
+    /// Epochs at the start trained at --initial-batch-size (vae-train --help explains it)
+    #[arg(long)]
+    pub initial_batch_epochs: Option<u32>,
+    /// Batch size of the first --initial-batch-epochs epochs, 1 to 1024
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub initial_batch_size: Option<u32>,
     /// Dimension of the latent space (vae-train's default when absent: 10); with 2, viz
     /// also draws the latent scatter and the decoded manifold
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -43,10 +49,10 @@ pub struct PipelineArgs {
     #[arg(
         long,
         value_parser = ["reference", "seed"],
-        conflicts_with_all = ["batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood", "iw_samples"]
+        conflicts_with_all = ["batch_size", "initial_batch_epochs", "initial_batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood", "iw_samples"]
     )]
     pub recipe: Option<String>,
-    /// Adam's peak learning rate (vae-train's default when absent: 1e-3)
+    /// Adam's peak learning rate (vae-train's default when absent: 2e-3)
     #[arg(long, value_parser = positive_finite)]
     pub lr: Option<f64>,
     /// Learning-rate schedule: constant, cosine or step (vae-train --help explains them)
@@ -58,9 +64,9 @@ pub struct PipelineArgs {
     /// Epochs of linear learning-rate warm-up
     #[arg(long)]
     pub warmup_epochs: Option<u32>,
-    /// Decay of an exponential moving average of the weights, strictly between 0 and 1;
-    /// the average is what is evaluated and written
-    #[arg(long, value_parser = open_unit_interval)]
+    /// Decay of an exponential moving average of the weights, in [0, 1) (0: none); the
+    /// average is what is evaluated and written
+    #[arg(long, value_parser = average_decay)]
     pub ema: Option<f64>,
     /// Weight β of the KL term in training (a β-VAE for β ≠ 1; the losses reported stay
     /// the unweighted ELBO)

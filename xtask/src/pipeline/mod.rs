@@ -85,6 +85,8 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
     }
     let recipe = [
         ("--recipe", args.recipe.clone()),
+        ("--initial-batch-epochs", args.initial_batch_epochs.map(|x| x.to_string())),
+        ("--initial-batch-size", args.initial_batch_size.map(|x| x.to_string())),
         ("--lr", args.lr.map(|x| x.to_string())),
         ("--lr-schedule", args.lr_schedule.clone()),
         ("--lr-final-fraction", args.lr_final_fraction.map(|x| x.to_string())),
@@ -403,6 +405,8 @@ mod tests {
             data: PathBuf::from("data/mnist"),
             epochs: None,
             batch_size: None,
+            initial_batch_epochs: None,
+            initial_batch_size: None,
             latent_dim: None,
             likelihood: None,
             iw_samples: None,

@@ -218,10 +218,10 @@ pub fn unit_interval(s: &str) -> Result<f64, String> {
     if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(format!("must be in [0, 1], got {s}")) }
 }
 
-/// A number strictly between 0 and 1 (a moving average's decay).
-pub fn open_unit_interval(s: &str) -> Result<f64, String> {
+/// A moving average's decay: a number in `[0, 1)`, where 0 turns the average off.
+pub fn average_decay(s: &str) -> Result<f64, String> {
     let x = number(s)?;
-    if x > 0.0 && x < 1.0 { Ok(x) } else { Err(format!("must be strictly between 0 and 1, got {s}")) }
+    if (0.0..1.0).contains(&x) { Ok(x) } else { Err(format!("must be in [0, 1) (0: no average), got {s}")) }
 }
 
 #[cfg(test)]
@@ -258,7 +258,7 @@ mod tests {
         assert!(["-1", "NaN", "inf"].iter().all(|s| non_negative_finite(s).is_err()));
         assert_eq!((unit_interval("0"), unit_interval("1")), (Ok(0.0), Ok(1.0)));
         assert!(["-0.1", "1.5", "NaN"].iter().all(|s| unit_interval(s).is_err()));
-        assert_eq!(open_unit_interval("0.999"), Ok(0.999));
-        assert!(["0", "1", "NaN"].iter().all(|s| open_unit_interval(s).is_err()));
+        assert_eq!((average_decay("0.999"), average_decay("0")), (Ok(0.999), Ok(0.0)));
+        assert!(["1", "-0.1", "NaN"].iter().all(|s| average_decay(s).is_err()));
     }
 }

@@ -239,6 +239,32 @@ fn bce_and_gradient(l: f32, x: f32) -> (f64, f32) {
     (f64::from(l.max(0.0) - l * x + e.ln_1p()), sigmoid - x)
 }
 
+/// The reconstruction term `−log p(x | z)` summed over the images `x` (`pixels` values
+/// each), for each of the `samples` codes per image whose `logits` (image-major) were
+/// decoded.
+pub(super) fn reconstruction_sums(
+    logits: &[f32],
+    x: &[f32],
+    (pixels, samples): (usize, usize),
+    likelihood: Likelihood,
+) -> Vec<f64> {
+    let per_code: Vec<f64> = logits
+        .par_chunks(pixels)
+        .enumerate()
+        .map(|(r, l)| {
+            let x = &x[(r / samples) * pixels..][..pixels];
+            let bce: f64 = l.iter().zip(x).map(|(l, x)| bce_and_gradient(*l, *x).0).sum();
+            match likelihood {
+                Likelihood::Bernoulli => bce,
+                Likelihood::ContinuousBernoulli => {
+                    bce - l.iter().map(|l| f64::from(cb_log_normaliser(*l))).sum::<f64>()
+                }
+            }
+        })
+        .collect();
+    (0..samples).map(|s| per_code.iter().skip(s).step_by(samples).sum()).collect()
+}
+
 /// The loss sums of a batch of `b` images `x`, and the gradients of
 /// `(BCE + kl_weight · KL) / B` with respect to the `logits` (into `g_logits`) and,
 /// through the KL term only, to the posterior's parameters (the decoder's share is added

@@ -65,6 +65,10 @@ pub struct CpuStep {
 /// is then 512 × 18432 floats, 38 MB, for the reference's model).
 pub const ENCODE_ROWS: usize = 512;
 
+/// Images per call of [`CpuStep::evaluate`]: 64 images decode 128 codes, the buffers of
+/// a training step at batch 128.
+pub const EVAL_ROWS: usize = 64;
+
 /// Images per pass of [`CpuStep::encode`]'s convolutions: enough to keep both cores
 /// busy, few enough that their im2col columns (144 × 576 floats per image for conv2)
 /// stay small.
@@ -169,6 +173,30 @@ impl CpuStep {
             };
             buf.backward(t, (batch, k), w, eps, grads);
             loss
+        })
+    }
+
+    /// The loss sums of images `x` `(B, C, H, W)` in `[0, 1]` (flattened) under the
+    /// model's likelihood, without gradients, in both conventions: `[sampled, at_mean]`,
+    /// with `z = mu + eps · std` for the noise `eps` `(B, latent_dim)` (the Monte-Carlo
+    /// negative ELBO) and with `z = mu` (the posterior mean decoded). Both decode in one
+    /// pass, two codes per image, so at most [`EVAL_ROWS`] images fit the buffers a step
+    /// at batch 128 keeps.
+    pub fn evaluate(&mut self, x: &[f32], eps: &[f32]) -> Result<[BatchLoss; 2]> {
+        let t = &self.table;
+        let batch = batch_size(t, x, Some(eps))?;
+        if batch > EVAL_ROWS {
+            return Err(VaeError::BadBatch(format!("{batch} images per evaluation; at most {EVAL_ROWS}")));
+        }
+        let latent = t.mu.outputs;
+        let codes: Vec<f32> =
+            eps.chunks(latent).flat_map(|e| e.iter().copied().chain(std::iter::repeat_n(0.0, latent))).collect();
+        let (buf, likelihood) = (&mut self.buf, self.likelihood);
+        buf.times = Default::default();
+        with_weights(&self.params, |w| {
+            buf.resize(t, batch, batch, 2);
+            buf.forward(t, (batch, 2), w, x, &codes);
+            buf.evaluation_loss(x, t.conv1.input_len(), likelihood)
         })
     }
 

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use super::kernels::{
     ImportanceSamples, Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward,
-    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
+    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, reconstruction_sums,
+    relu_mask,
 };
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
@@ -173,6 +174,17 @@ impl Buffers {
             let q = Posterior { mu: &o.mu, logvar: &o.var, std: &self.std, g_mu: &mut g.mu, g_logvar: &mut g.var };
             loss_gradient(&o.deconv2, x, &mut g.deconv2, q, b, (likelihood, kl_weight))
         })
+    }
+
+    /// The loss sums of the last [`Buffers::forward`] on `x` (`pixels` values per image)
+    /// with two codes per image, a sampled one and then the posterior mean: `[sampled,
+    /// at_mean]`, without gradients.
+    pub fn evaluation_loss(&self, x: &[f32], pixels: usize, likelihood: Likelihood) -> [BatchLoss; 2] {
+        let bce = reconstruction_sums(&self.out.deconv2, x, (pixels, 2), likelihood);
+        let kl: f64 = (self.out.mu.iter().zip(&self.out.var).zip(&self.std))
+            .map(|((mu, logvar), std)| 0.5 * f64::from(std * std + mu * mu - logvar - 1.0))
+            .sum();
+        [BatchLoss { bce: bce[0], kl }, BatchLoss { bce: bce[1], kl }]
     }
 
     /// [`Buffers::loss`] for the importance-weighted objective over the `samples` codes

@@ -63,6 +63,14 @@ fn matches_candle_autograd() {
             let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
         }
+        // The evaluation without gradients, in both conventions, against candle's.
+        let (sampled, at_mean) = vae.loss_terms_both(&x, &e).unwrap();
+        for (ours, theirs) in step.evaluate(&pixels, &eps).unwrap().into_iter().zip([sampled, at_mean]) {
+            let bce = f64::from(theirs.bce.to_scalar::<f32>().unwrap());
+            let kl = f64::from(theirs.kl.to_scalar::<f32>().unwrap());
+            assert!((ours.bce - bce).abs() < 1e-5 * bce.abs(), "evaluated bce {} vs {bce}", ours.bce);
+            assert!((ours.kl - kl).abs() < 1e-4 * kl.max(1.0), "evaluated kl {} vs {kl}", ours.kl);
+        }
         // A second, smaller batch reuses the buffers and gives the same result as a
         // fresh step.
         let again = step.run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
@@ -105,6 +113,9 @@ fn bad_batches_and_parameters_are_errors() {
     assert!(err(step.run(&[], &[])).contains("do not make a batch"));
     assert!(step.encode(&[0.5; 785]).unwrap_err().to_string().contains("do not make a batch"));
     assert!(step.grad("enc.conv1.weight").is_none(), "no gradient before the first step");
+    let too_many = EVAL_ROWS + 1;
+    let evaluated = step.evaluate(&vec![0.5; too_many * 784], &vec![0.0; too_many * 10]);
+    assert!(evaluated.unwrap_err().to_string().contains("at most"));
     let mut nan = vec![0.5; 784];
     nan[3] = f32::NAN;
     assert!(err(step.run(&nan, &[0.0; 10])).contains("outside [0, 1]"));
