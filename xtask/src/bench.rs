@@ -17,7 +17,7 @@ pub struct BenchArgs {
     /// Fewer repetitions (a rough figure in about a minute)
     #[arg(long)]
     quick: bool,
-    /// Run only this section (repeatable): peak, step, autograd, ops, encoder,
+    /// Run only this section (repeatable): peak, step, autograd, ops, encoder, evaluation,
     /// classifier, tsne
     #[arg(long)]
     only: Vec<String>,
@@ -46,7 +46,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// Each bench, in the crate that owns what it measures, with the sections it runs.
 const BENCHES: [(&str, &str, &[&str]); 4] = [
     ("vae-bench", "throughput", &["peak", "step", "autograd"]),
-    ("vae-model", "model", &["ops", "encoder"]),
+    ("vae-model", "model", &["ops", "encoder", "evaluation"]),
     ("classifier", "svm", &["classifier"]),
     ("viz", "tsne", &["tsne"]),
 ];

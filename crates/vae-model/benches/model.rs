@@ -1,6 +1,7 @@
 //! `cargo bench -p vae-model --bench model` (part of `cargo xtask bench`): where the CPU
 //! step spends its time, layer by layer, and the encoder on the CPU kernels against
-//! candle's graph. `--quick` for fewer repetitions, `--only ops|encoder` for one section.
+//! candle's graph, and `vae-train`'s test-set evaluation (both conventions) the same two
+//! ways. `--quick` for fewer repetitions, `--only ops|encoder|evaluation` for one section.
 
 use std::hint::black_box;
 
@@ -8,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
-use vae_model::{CpuStep, Vae, VaeConfig, init_varmap};
+use vae_model::{CpuStep, EVAL_ROWS, Vae, VaeConfig, init_varmap};
 
 fn model() -> (VarMap, Vae) {
     let cfg = VaeConfig::default();
@@ -64,6 +65,27 @@ fn encoder(reps: usize) {
     }
 }
 
+/// The per-epoch test evaluation of `vae-train` on 500 images, z sampled and z = mu: the
+/// CPU kernels ([`EVAL_ROWS`] images a call) and candle's graph (all 500 at once).
+fn evaluation(reps: usize) {
+    let (varmap, vae) = model();
+    let (pixels, noise) = (uniform(500 * 784, 4), uniform(500 * 10, 5));
+    let x = Tensor::from_slice(&pixels, (500, 1, 28, 28), &Device::Cpu).unwrap();
+    let eps = Tensor::from_slice(&noise, (500, 10), &Device::Cpu).unwrap();
+    let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
+    let cpu = measure(reps, || {
+        for (x, eps) in pixels.chunks(EVAL_ROWS * 784).zip(noise.chunks(EVAL_ROWS * 10)) {
+            black_box(step.evaluate(x, eps).unwrap());
+        }
+    });
+    let candle = measure(reps, || {
+        black_box(vae.loss_terms_both(&x, &eps).unwrap());
+    });
+    for (name, s) in [("", cpu), (" (candle graph)", candle)] {
+        println!("test evaluation, 500 images, both conventions{name}: {s}  {:7.0} images/s", 500.0 / s.median);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let reps = if args.iter().any(|a| a == "--quick") { 3 } else { 7 };
@@ -76,5 +98,8 @@ fn main() {
     }
     if run("encoder") {
         encoder(reps);
+    }
+    if run("evaluation") {
+        evaluation(reps);
     }
 }
