@@ -6,8 +6,10 @@
 //!   `vae-model`'s layers and encoder, the classifier's fit, t-SNE), or with
 //!   `--pytorch PYTHON` our step and encoder beside PyTorch's.
 //! - `cargo xtask study`: the objectives side by side, tabled in `docs/study.md`.
+//! - `cargo xtask compare RUN...`: runs of one recipe (seeds) against the published figures.
 
 mod bench;
+mod compare;
 mod html;
 mod pipeline;
 mod report;
@@ -38,6 +40,10 @@ enum Task {
     /// Train and analyse the VAE, β-VAE (β = 4), IWAE (K = 5) and continuous-Bernoulli
     /// VAE under one budget and seed, and table them in docs/study.md
     Study(study::StudyArgs),
+    /// Table runs of one recipe (e.g. three seeds) against the published reference: each
+    /// published checkpoint's losses as mean and range, both conventions, and the later
+    /// stages' figures
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci(),
         Task::Bench(args) => bench::run(&args),
         Task::Study(args) => study::run(&args).map(|_| ()),
+        Task::Compare(args) => compare::run(&args),
     }
 }
 
