@@ -175,9 +175,9 @@ impl TrainArgs {
         KlPlan { beta: self.beta, warmup_steps: self.steps_before(self.kl_warmup_epochs, train_images) }
     }
 
-    /// The learning rate of every step, for `train_images` images per epoch. Its steps
-    /// are optimisation steps: with an initial phase at a smaller batch, that phase has
-    /// more of them per epoch, and so a larger share of the warm-up and of the cosine.
+    /// The learning rate of every step, for `train_images` images per epoch. The warm-up
+    /// and the cosine follow the epochs: a step of an initial phase at a smaller batch
+    /// moves the schedule on by that batch / `--batch-size` of a step.
     pub(crate) fn lr_plan(&self, train_images: usize) -> anyhow::Result<LrPlan> {
         let schedule = self.lr_schedule;
         let (cosine, step) = (schedule == LrSchedule::Cosine, schedule == LrSchedule::Step);
@@ -186,17 +186,18 @@ impl TrainArgs {
             !(step && initial.is_some()),
             "--lr-schedule step decays every --lr-step-epochs epochs of one batch size; it cannot be combined with --initial-batch-epochs"
         );
-        let steps_per_epoch = self.steps_before(1, train_images);
+        let steps_per_epoch = train_images.div_ceil(self.batch_size as usize) as u64;
         Ok(LrPlan {
             base: self.lr,
             schedule,
-            warmup_steps: self.steps_before(self.warmup_epochs, train_images),
-            total_steps: if cosine { self.steps_before(self.epochs, train_images) } else { 0 },
+            warmup_steps: u64::from(self.warmup_epochs) * steps_per_epoch,
+            total_steps: if cosine { u64::from(self.epochs) * steps_per_epoch } else { 0 },
             final_fraction: if cosine { self.lr_final_fraction } else { 0.0 },
             step_every: if step { u64::from(self.lr_step_epochs) * steps_per_epoch } else { 0 },
             gamma: if step { self.lr_step_gamma } else { 1.0 },
             initial_steps: initial.map_or(0, |(epochs, _)| self.steps_before(epochs, train_images)),
             initial_scale: initial.map_or(1.0, |(_, size)| (f64::from(size) / f64::from(self.batch_size)).sqrt()),
+            initial_step_length: initial.map_or(1.0, |(_, size)| f64::from(size) / f64::from(self.batch_size)),
         })
     }
 }

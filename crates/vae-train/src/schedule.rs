@@ -22,7 +22,8 @@ pub struct LrPlan {
     pub base: f64,
     /// The decay after the warm-up.
     pub schedule: LrSchedule,
-    /// Steps of linear warm-up from `base / warmup_steps` to `base`.
+    /// Steps of linear warm-up from `base / warmup_steps` to `base`. This and
+    /// `total_steps` count steps at the run's main batch size (see `initial_step_length`).
     pub warmup_steps: u64,
     /// Steps of the whole run: the cosine's length (0 for the other schedules, whose
     /// rates do not depend on how long the run is).
@@ -40,6 +41,11 @@ pub struct LrPlan {
     /// The factor of the rate during the initial phase: sqrt(its batch / the batch).
     #[serde(default = "one")]
     pub initial_scale: f64,
+    /// How far along the schedule one step of the initial phase moves, in steps at the
+    /// main batch size: its batch / the batch, so that the warm-up and the cosine follow
+    /// the epochs whatever their batch size.
+    #[serde(default = "one")]
+    pub initial_step_length: f64,
 }
 
 fn one() -> f64 {
@@ -49,21 +55,28 @@ fn one() -> f64 {
 impl LrPlan {
     /// The learning rate of optimisation step `step` (0-based).
     pub fn at(&self, step: u64) -> f64 {
-        let rate = self.scheduled(step);
-        if step < self.initial_steps { rate * self.initial_scale } else { rate }
+        if step < self.initial_steps {
+            return self.scheduled(step as f64 * self.initial_step_length, step) * self.initial_scale;
+        }
+        // Exactly `step` without an initial phase (the offset is then 0).
+        let offset = self.initial_steps as f64 * (1.0 - self.initial_step_length);
+        self.scheduled(step as f64 - offset, step)
     }
 
-    /// The warm-up and the decay, before the initial phase's scaling.
-    fn scheduled(&self, step: u64) -> f64 {
-        if step < self.warmup_steps {
-            return self.base * (step + 1) as f64 / self.warmup_steps as f64;
+    /// The warm-up and the decay at `position` along the schedule (in steps at the main
+    /// batch size), before the initial phase's scaling; the step decay counts `step`s,
+    /// having no initial phase.
+    fn scheduled(&self, position: f64, step: u64) -> f64 {
+        let warmup = self.warmup_steps as f64;
+        if position < warmup {
+            return self.base * (position + 1.0) / warmup;
         }
-        let after = step - self.warmup_steps;
+        let after = position - warmup;
         match self.schedule {
             LrSchedule::Constant => self.base,
             LrSchedule::Cosine => {
                 let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-                let progress = (after as f64 / span as f64).min(1.0);
+                let progress = (after / span as f64).min(1.0);
                 let low = self.base * self.final_fraction;
                 low + (self.base - low) * 0.5 * (1.0 + (PI * progress).cos())
             }
@@ -104,7 +117,7 @@ mod tests {
     use super::*;
 
     fn plan(schedule: LrSchedule, warmup_steps: u64) -> LrPlan {
-        let (initial_steps, initial_scale) = (0, 1.0);
+        let (initial_steps, initial_scale, initial_step_length) = (0, 1.0, 1.0);
         LrPlan {
             base: 1e-3,
             schedule,
@@ -115,7 +128,20 @@ mod tests {
             gamma: 0.5,
             initial_steps,
             initial_scale,
+            initial_step_length,
         }
+    }
+
+    /// `plan`'s rate at a fractional position along it (the warm-up's and the cosine's
+    /// formulas, written out).
+    fn warm_cosine(plan: &LrPlan, position: f64) -> f64 {
+        let warmup = plan.warmup_steps as f64;
+        if position < warmup {
+            return plan.base * (position + 1.0) / warmup;
+        }
+        let progress = (position - warmup) / (plan.total_steps as f64 - warmup);
+        let low = plan.base * plan.final_fraction;
+        low + (plan.base - low) * 0.5 * (1.0 + (PI * progress).cos())
     }
 
     #[test]
@@ -130,10 +156,11 @@ mod tests {
         assert!((cosine.at(60) - 0.55e-3).abs() < 1e-12, "half way: the mean of peak and floor");
         assert!((cosine.at(110) - 1e-4).abs() < 1e-15 && (cosine.at(500) - 1e-4).abs() < 1e-15);
         assert!((10..110).all(|t| cosine.at(t + 1) <= cosine.at(t)), "decreasing");
-        let initial = LrPlan { initial_steps: 30, initial_scale: 0.5, ..cosine.clone() };
-        assert!(
-            (0..30).all(|t| initial.at(t) == 0.5 * cosine.at(t)) && (30..120).all(|t| initial.at(t) == cosine.at(t))
-        );
+        // An initial phase of 40 steps at a quarter of the batch: 10 steps along the
+        // schedule, at half the rate; the steps after it continue from there.
+        let initial = LrPlan { initial_steps: 40, initial_scale: 0.5, initial_step_length: 0.25, ..cosine.clone() };
+        assert!((0..40).all(|t| (initial.at(t) - 0.5 * warm_cosine(&cosine, t as f64 / 4.0)).abs() < 1e-15));
+        assert!((40..200).all(|t| (initial.at(t) - cosine.at(t - 30)).abs() < 1e-15));
         let step = plan(LrSchedule::Step, 0);
         assert_eq!((step.at(19), step.at(20), step.at(45)), (1e-3, 5e-4, 2.5e-4));
         let kl = KlPlan { beta: 4.0, warmup_steps: 8 };

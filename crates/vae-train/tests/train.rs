@@ -296,7 +296,8 @@ fn recipes_resume_to_identical_bytes_and_write_the_average() {
 }
 
 /// The defaults: a first epoch at batch 32 with the rate scaled by sqrt(32 / 64), then
-/// the batch asked for, on one cosine over the steps of both phases, through the average.
+/// the batch asked for, on one cosine over the epochs (a batch-32 step moves it half as
+/// far as a batch-64 one), through the average.
 #[test]
 fn default_recipe_runs_its_phases() {
     if vae_data::testing::skip_slow_tests() {
@@ -309,7 +310,8 @@ fn default_recipe_runs_its_phases() {
     let config: serde_json::Value = serde_json::from_slice(&read(&dir, "config.json")).unwrap();
     let plan = &config["learning_rate"];
     let (initial, total) = (plan["initial_steps"].as_u64(), plan["total_steps"].as_u64());
-    assert_eq!((initial, total, plan["base"].as_f64()), (Some(512 / 32), Some(512 / 32 + 512 / 64), Some(2e-3)));
+    assert_eq!((initial, total, plan["base"].as_f64()), (Some(512 / 32), Some(2 * 512 / 64), Some(2e-3)));
+    assert_eq!(plan["initial_step_length"].as_f64(), Some(0.5));
     assert_eq!((plan["initial_scale"].as_f64(), config["ema_decay"].as_f64()), (Some(0.5f64.sqrt()), Some(0.999)));
     let (_, meta) = vae_model::read_tensors(&dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(meta["ema_updates"], (512 / 32 + 512 / 64).to_string(), "one update per step of either phase");
