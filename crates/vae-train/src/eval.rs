@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 use vae_data::run::EvalSummary;
 use vae_data::{IMAGE_SIDE, SplitKind, load_split};
-use vae_model::Vae;
+use vae_model::{CpuStep, Vae};
 
 use crate::diagnostics::PosteriorStats;
 
@@ -111,12 +111,70 @@ fn batch_sums(
     Ok((sum(&bounds.elbo)?, sum(&bounds.iwae)?, loss_at_mean))
 }
 
+/// [`batch_sums`] through the CPU kernels, for the flattened images `pixels`: the same
+/// noise, the same figures up to float rounding, in f64 from the decoder's outputs on.
+fn cpu_batch_sums(
+    step: &mut CpuStep,
+    pixels: &[f32],
+    k: usize,
+    rng: &mut StdRng,
+    max_decodes: usize,
+    posterior: &mut PosteriorStats,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let b = pixels.len() / (IMAGE_SIDE * IMAGE_SIDE);
+    let (mu, logvar) = step.encode(pixels)?;
+    let dim = mu.len() / b;
+    posterior.add(&mu, &logvar, dim);
+    let std: Vec<f32> = logvar.iter().map(|lv| (0.5 * lv).exp()).collect();
+    let kl: f64 = mu.iter().zip(&logvar).map(|(m, lv)| 0.5 * f64::from(lv.exp() + m * m - 1.0 - lv)).sum();
+    let loss_at_mean = kl - decode(step, pixels, &mu)?.iter().sum::<f64>();
+    let ln_2pi = (2.0 * std::f64::consts::PI).ln();
+    let samples_per_pass = (max_decodes / b).clamp(1, k);
+    let mut log_w: Vec<Vec<f64>> = vec![Vec::with_capacity(k); b];
+    for start in (0..k).step_by(samples_per_pass) {
+        let samples = samples_per_pass.min(k - start);
+        // (samples, b, dim), drawn in the order of the candle path.
+        let eps: Vec<f32> = (0..samples * b * dim).map(|_| rng.sample(StandardNormal)).collect();
+        let rows = |r: usize| (r % b) * dim..(r % b + 1) * dim;
+        let z: Vec<f32> = (eps.chunks(dim).enumerate())
+            .flat_map(|(r, e)| e.iter().zip(&mu[rows(r)]).zip(&std[rows(r)]).map(|((e, m), s)| m + e * s))
+            .collect();
+        let log_px_z = decode(step, &pixels.repeat(samples), &z)?;
+        for (r, log_px_z) in log_px_z.into_iter().enumerate() {
+            let (z, e) = (&z[r * dim..(r + 1) * dim], &eps[r * dim..(r + 1) * dim]);
+            let log_pz: f64 = z.iter().map(|z| -0.5 * (f64::from(z * z) + ln_2pi)).sum();
+            let log_qz: f64 =
+                e.iter().zip(&logvar[rows(r)]).map(|(e, lv)| -0.5 * (f64::from(e * e + lv) + ln_2pi)).sum();
+            log_w[r % b].push(log_px_z + log_pz - log_qz);
+        }
+    }
+    let (mut elbo, mut iwae) = (0.0, 0.0);
+    for w in &log_w {
+        let max = w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        elbo += w.iter().sum::<f64>() / k as f64;
+        iwae += max + (w.iter().map(|w| (w - max).exp()).sum::<f64>() / k as f64).ln();
+    }
+    Ok((elbo, iwae, loss_at_mean))
+}
+
+/// `log p(x_i | z_i)` of each image and code, [`vae_model::DECODE_ROWS`] a call.
+fn decode(step: &mut CpuStep, pixels: &[f32], z: &[f32]) -> anyhow::Result<Vec<f64>> {
+    let (rows, dim) = (pixels.len() / (IMAGE_SIDE * IMAGE_SIDE), z.len() / (pixels.len() / (IMAGE_SIDE * IMAGE_SIDE)));
+    let chunk = vae_model::DECODE_ROWS.min(rows.max(1));
+    let mut out = Vec::with_capacity(rows);
+    for (x, z) in pixels.chunks(chunk * IMAGE_SIDE * IMAGE_SIDE).zip(z.chunks(chunk * dim)) {
+        out.extend(step.log_likelihoods(x, z)?);
+    }
+    Ok(out)
+}
+
 /// Evaluates the model and writes `eval.json`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let device = vae_model::device(&args.device.name)?;
-    let (vae, _, _) =
+    let (vae, varmap, _) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     let vae = vae.with_likelihood(args.likelihood);
+    let mut cpu_step = if device.is_cpu() { Some(CpuStep::new(vae.config(), &varmap)?) } else { None };
     let mut test = load_split(&args.data.dir, SplitKind::Test).context("loading the test set")?;
     if let Some(n) = args.test_limit {
         test.truncate(n as usize);
@@ -132,9 +190,14 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let indices: Vec<usize> = (0..test.len()).collect();
     let per_pass = (args.batch_size as usize).min((MAX_DECODES_PER_PASS / k).max(1));
     for batch in indices.chunks(per_pass) {
-        let x = Tensor::from_vec(test.gather_f32(batch), (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
-        let (batch_elbo, batch_iwae, batch_at_mean) =
-            batch_sums(&vae, &x, k, &mut rng, MAX_DECODES_PER_PASS, &mut posterior)?;
+        let pixels = test.gather_f32(batch);
+        let (batch_elbo, batch_iwae, batch_at_mean) = match cpu_step.as_mut() {
+            Some(step) => cpu_batch_sums(step, &pixels, k, &mut rng, MAX_DECODES_PER_PASS, &mut posterior)?,
+            None => {
+                let x = Tensor::from_vec(pixels, (batch.len(), 1, IMAGE_SIDE, IMAGE_SIDE), &device)?;
+                batch_sums(&vae, &x, k, &mut rng, MAX_DECODES_PER_PASS, &mut posterior)?
+            }
+        };
         elbo += batch_elbo;
         iwae += batch_iwae;
         at_mean += batch_at_mean;
@@ -196,11 +259,25 @@ mod tests {
         let whole = sums(4096).unwrap();
         let reference = vae_model::likelihood_bounds(&vae, &x, &eps).unwrap();
         assert_eq!(whole.1, reference.iwae.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
         for max_decodes in [1, 2, 7, 30, 111] {
             let split = sums(max_decodes).unwrap();
-            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
             assert!(close(split.0, whole.0) && close(split.1, whole.1), "{max_decodes}: {split:?} vs {whole:?}");
             assert_eq!(split.2, whole.2, "the loss at the mean takes no samples");
         }
+        // The CPU kernels' path: the same noise and figures, in passes of any size, and
+        // the same posterior statistics.
+        let mut step = CpuStep::new(&cfg, &varmap).unwrap();
+        let pixels = test.gather_f32(&[0, 1, 2]);
+        let (mut stats, mut cpu_stats) = (PosteriorStats::default(), PosteriorStats::default());
+        batch_sums(&vae, &x, 37, &mut StdRng::seed_from_u64(4), 4096, &mut stats).unwrap();
+        for max_decodes in [4096, 7] {
+            let cpu =
+                cpu_batch_sums(&mut step, &pixels, 37, &mut StdRng::seed_from_u64(4), max_decodes, &mut cpu_stats)
+                    .unwrap();
+            assert!(close(cpu.0, whole.0) && close(cpu.1, whole.1) && close(cpu.2, whole.2), "{cpu:?} vs {whole:?}");
+        }
+        let kl = |s: &PosteriorStats| s.kl_per_dimension();
+        assert!(kl(&stats).iter().zip(kl(&cpu_stats)).all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(1e-3)));
     }
 }

@@ -239,16 +239,15 @@ fn bce_and_gradient(l: f32, x: f32) -> (f64, f32) {
     (f64::from(l.max(0.0) - l * x + e.ln_1p()), sigmoid - x)
 }
 
-/// The reconstruction term `−log p(x | z)` summed over the images `x` (`pixels` values
-/// each), for each of the `samples` codes per image whose `logits` (image-major) were
-/// decoded.
-pub(super) fn reconstruction_sums(
+/// The reconstruction term `−log p(x | z)` of each code whose `logits` were decoded,
+/// `samples` codes per image of `x` (`pixels` values each), image-major.
+pub(super) fn reconstruction_per_code(
     logits: &[f32],
     x: &[f32],
     (pixels, samples): (usize, usize),
     likelihood: Likelihood,
 ) -> Vec<f64> {
-    let per_code: Vec<f64> = logits
+    logits
         .par_chunks(pixels)
         .enumerate()
         .map(|(r, l)| {
@@ -261,8 +260,7 @@ pub(super) fn reconstruction_sums(
                 }
             }
         })
-        .collect();
-    (0..samples).map(|s| per_code.iter().skip(s).step_by(samples).sum()).collect()
+        .collect()
 }
 
 /// The loss sums of a batch of `b` images `x`, and the gradients of

@@ -25,6 +25,8 @@ use candle_nn::VarMap;
 use crate::{Layer, Layers, Likelihood, Result, VaeConfig, VaeError};
 use pass::Buffers;
 
+use kernels::reconstruction_per_code;
+
 /// The sums of the two loss terms over a batch (divide by its size for per-image values).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchLoss {
@@ -64,6 +66,10 @@ pub struct CpuStep {
 /// Images per pass of [`CpuStep::encode`]'s fully-connected layers (its largest buffer
 /// is then 512 × 18432 floats, 38 MB, for the reference's model).
 pub const ENCODE_ROWS: usize = 512;
+
+/// Codes per call of [`CpuStep::log_likelihoods`]: the decoder buffers of a training step
+/// at batch 128.
+pub const DECODE_ROWS: usize = 128;
 
 /// Images per call of [`CpuStep::evaluate`]: 64 images decode 128 codes, the buffers of
 /// a training step at batch 128.
@@ -197,6 +203,27 @@ impl CpuStep {
             buf.resize(t, batch, batch, 2);
             buf.forward(t, (batch, 2), w, x, &codes);
             buf.evaluation_loss(x, t.conv1.input_len(), likelihood)
+        })
+    }
+
+    /// `log p(x_i | z_i)` under the model's likelihood for each image of `x`
+    /// `(B, C, H, W)` in `[0, 1]` (flattened) and its code, row `i` of `z`
+    /// `(B, latent_dim)`: the decoder's half of the forward pass, without gradients, for
+    /// likelihood bounds. At most [`DECODE_ROWS`] codes a call.
+    pub fn log_likelihoods(&mut self, x: &[f32], z: &[f32]) -> Result<Vec<f64>> {
+        let t = &self.table;
+        let batch = batch_size(t, x, Some(z))?;
+        if batch > DECODE_ROWS {
+            return Err(VaeError::BadBatch(format!("{batch} codes per decoding; at most {DECODE_ROWS}")));
+        }
+        let (buf, likelihood) = (&mut self.buf, self.likelihood);
+        buf.times = Default::default();
+        with_weights(&self.params, |w| {
+            buf.resize(t, batch, 1, 1);
+            buf.codes().copy_from_slice(z);
+            buf.decode(t, batch, w);
+            let per_code = reconstruction_per_code(&buf.out.deconv2, x, (t.conv1.input_len(), 1), likelihood);
+            per_code.into_iter().map(|r| -r).collect()
         })
     }
 

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use super::kernels::{
     ImportanceSamples, Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward,
-    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, reconstruction_sums,
-    relu_mask,
+    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient,
+    reconstruction_per_code, relu_mask,
 };
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
@@ -135,7 +135,7 @@ impl Buffers {
         eps: &[f32],
     ) {
         self.encode(t, b, w, x, b);
-        let (o, tm, s) = (&mut self.out, &mut self.times, &mut self.scratch);
+        let (o, tm) = (&mut self.out, &mut self.times);
         let latent = t.mu.outputs;
         timed(&mut tm.loss[FORWARD], || {
             for (std, logvar) in self.std.iter_mut().zip(&o.var) {
@@ -149,8 +149,12 @@ impl Buffers {
                 }
             }
         });
-        let b = b * samples;
-        let tm = &mut tm.layers;
+        self.decode(t, b * samples, w);
+    }
+
+    /// The decoder: the `rows` codes in `z` to the reconstruction logits in `out.deconv2`.
+    pub fn decode(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>) {
+        let (o, tm, s) = (&mut self.out, &mut self.times.layers, &mut self.scratch);
         timed(&mut tm.dec_linear[FORWARD], || {
             linear_forward(&t.dec_linear, &self.z, w.dec_linear, &mut o.dec_linear, b, s)
         });
@@ -176,11 +180,17 @@ impl Buffers {
         })
     }
 
+    /// The codes the decoder reads, `rows × latent_dim` (after [`Buffers::resize`]).
+    pub fn codes(&mut self) -> &mut [f32] {
+        &mut self.z
+    }
+
     /// The loss sums of the last [`Buffers::forward`] on `x` (`pixels` values per image)
     /// with two codes per image, a sampled one and then the posterior mean: `[sampled,
     /// at_mean]`, without gradients.
     pub fn evaluation_loss(&self, x: &[f32], pixels: usize, likelihood: Likelihood) -> [BatchLoss; 2] {
-        let bce = reconstruction_sums(&self.out.deconv2, x, (pixels, 2), likelihood);
+        let per_code = reconstruction_per_code(&self.out.deconv2, x, (pixels, 2), likelihood);
+        let bce = [0, 1].map(|s| per_code.iter().skip(s).step_by(2).sum::<f64>());
         let kl: f64 = (self.out.mu.iter().zip(&self.out.var).zip(&self.std))
             .map(|((mu, logvar), std)| 0.5 * f64::from(std * std + mu * mu - logvar - 1.0))
             .sum();

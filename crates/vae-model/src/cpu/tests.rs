@@ -71,6 +71,10 @@ fn matches_candle_autograd() {
             assert!((ours.bce - bce).abs() < 1e-5 * bce.abs(), "evaluated bce {} vs {bce}", ours.bce);
             assert!((ours.kl - kl).abs() < 1e-4 * kl.max(1.0), "evaluated kl {} vs {kl}", ours.kl);
         }
+        // The decoder alone: log p(x | z = mu) is minus the at-mean reconstruction term.
+        let ll: f64 = step.log_likelihoods(&pixels, &our_mu_of(&vae, &x)).unwrap().iter().sum();
+        let at_mean_bce = step.evaluate(&pixels, &eps).unwrap()[1].bce;
+        assert!((ll + at_mean_bce).abs() < 1e-6 * at_mean_bce.abs(), "{ll} vs {at_mean_bce}");
         // A second, smaller batch reuses the buffers and gives the same result as a
         // fresh step.
         let again = step.run(&pixels[..784], &eps[..cfg.latent_dim]).unwrap();
@@ -101,6 +105,11 @@ fn encode_in_chunks_matches_candle() {
     }
 }
 
+/// The posterior means of `x` from candle's encoder, flattened.
+fn our_mu_of(vae: &Vae, x: &Tensor) -> Vec<f32> {
+    vae.encode(x).unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
 #[test]
 fn bad_batches_and_parameters_are_errors() {
     let cfg = VaeConfig::default();
@@ -116,6 +125,9 @@ fn bad_batches_and_parameters_are_errors() {
     let too_many = EVAL_ROWS + 1;
     let evaluated = step.evaluate(&vec![0.5; too_many * 784], &vec![0.0; too_many * 10]);
     assert!(evaluated.unwrap_err().to_string().contains("at most"));
+    let decoded = step.log_likelihoods(&vec![0.5; (DECODE_ROWS + 1) * 784], &vec![0.0; (DECODE_ROWS + 1) * 10]);
+    assert!(decoded.unwrap_err().to_string().contains("at most"));
+    assert!(step.log_likelihoods(&[0.5; 784], &[0.0; 9]).unwrap_err().to_string().contains("do not make a batch"));
     let mut nan = vec![0.5; 784];
     nan[3] = f32::NAN;
     assert!(err(step.run(&nan, &[0.0; 10])).contains("outside [0, 1]"));
