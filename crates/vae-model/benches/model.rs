@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
-use vae_model::{CpuStep, EVAL_ROWS, Vae, VaeConfig, init_varmap};
+use vae_model::{CpuStep, Vae, VaeConfig, init_varmap, posterior_kl, sampled_codes};
 
 fn model() -> (VarMap, Vae) {
     let cfg = VaeConfig::default();
@@ -66,7 +66,8 @@ fn encoder(reps: usize) {
 }
 
 /// The per-epoch test evaluation of `vae-train` on 500 images, z sampled and z = mu: the
-/// CPU kernels ([`EVAL_ROWS`] images a call) and candle's graph (all 500 at once).
+/// CPU kernels (the encoder, then the decoder on the sampled codes and on the means, as
+/// `vae-train` does) and candle's graph.
 fn evaluation(reps: usize) {
     let (varmap, vae) = model();
     let (pixels, noise) = (uniform(500 * 784, 4), uniform(500 * 10, 5));
@@ -74,9 +75,10 @@ fn evaluation(reps: usize) {
     let eps = Tensor::from_slice(&noise, (500, 10), &Device::Cpu).unwrap();
     let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
     let cpu = measure(reps, || {
-        for (x, eps) in pixels.chunks(EVAL_ROWS * 784).zip(noise.chunks(EVAL_ROWS * 10)) {
-            black_box(step.evaluate(x, eps).unwrap());
-        }
+        let (mu, logvar) = step.encode(&pixels).unwrap();
+        black_box(posterior_kl(&mu, &logvar));
+        black_box(step.log_likelihoods(&pixels, &sampled_codes(&mu, &logvar, &noise)).unwrap());
+        black_box(step.log_likelihoods(&pixels, &mu).unwrap());
     });
     let candle = measure(reps, || {
         black_box(vae.loss_terms_both(&x, &eps).unwrap());

@@ -125,9 +125,7 @@ fn cpu_batch_sums(
     let (mu, logvar) = step.encode(pixels)?;
     let dim = mu.len() / b;
     posterior.add(&mu, &logvar, dim);
-    let std: Vec<f32> = logvar.iter().map(|lv| (0.5 * lv).exp()).collect();
-    let kl: f64 = mu.iter().zip(&logvar).map(|(m, lv)| 0.5 * f64::from(lv.exp() + m * m - 1.0 - lv)).sum();
-    let loss_at_mean = kl - decode(step, pixels, &mu)?.iter().sum::<f64>();
+    let loss_at_mean = vae_model::posterior_kl(&mu, &logvar) - step.log_likelihoods(pixels, &mu)?.iter().sum::<f64>();
     let ln_2pi = (2.0 * std::f64::consts::PI).ln();
     let samples_per_pass = (max_decodes / b).clamp(1, k);
     let mut log_w: Vec<Vec<f64>> = vec![Vec::with_capacity(k); b];
@@ -136,10 +134,8 @@ fn cpu_batch_sums(
         // (samples, b, dim), drawn in the order of the candle path.
         let eps: Vec<f32> = (0..samples * b * dim).map(|_| rng.sample(StandardNormal)).collect();
         let rows = |r: usize| (r % b) * dim..(r % b + 1) * dim;
-        let z: Vec<f32> = (eps.chunks(dim).enumerate())
-            .flat_map(|(r, e)| e.iter().zip(&mu[rows(r)]).zip(&std[rows(r)]).map(|((e, m), s)| m + e * s))
-            .collect();
-        let log_px_z = decode(step, &pixels.repeat(samples), &z)?;
+        let z = vae_model::sampled_codes(&mu, &logvar, &eps);
+        let log_px_z = step.log_likelihoods(&pixels.repeat(samples), &z)?;
         for (r, log_px_z) in log_px_z.into_iter().enumerate() {
             let (z, e) = (&z[r * dim..(r + 1) * dim], &eps[r * dim..(r + 1) * dim]);
             let log_pz: f64 = z.iter().map(|z| -0.5 * (f64::from(z * z) + ln_2pi)).sum();
@@ -155,17 +151,6 @@ fn cpu_batch_sums(
         iwae += max + (w.iter().map(|w| (w - max).exp()).sum::<f64>() / k as f64).ln();
     }
     Ok((elbo, iwae, loss_at_mean))
-}
-
-/// `log p(x_i | z_i)` of each image and code, [`vae_model::DECODE_ROWS`] a call.
-fn decode(step: &mut CpuStep, pixels: &[f32], z: &[f32]) -> anyhow::Result<Vec<f64>> {
-    let (rows, dim) = (pixels.len() / (IMAGE_SIDE * IMAGE_SIDE), z.len() / (pixels.len() / (IMAGE_SIDE * IMAGE_SIDE)));
-    let chunk = vae_model::DECODE_ROWS.min(rows.max(1));
-    let mut out = Vec::with_capacity(rows);
-    for (x, z) in pixels.chunks(chunk * IMAGE_SIDE * IMAGE_SIDE).zip(z.chunks(chunk * dim)) {
-        out.extend(step.log_likelihoods(x, z)?);
-    }
-    Ok(out)
 }
 
 /// Evaluates the model and writes `eval.json`.

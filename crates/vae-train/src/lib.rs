@@ -375,10 +375,15 @@ fn evaluate(
     let latent = vae.config().latent_dim;
     match cpu_step {
         Some(step) => {
-            for batch in indices.chunks(vae_model::EVAL_ROWS) {
+            for batch in indices.chunks(EVAL_BATCH) {
+                let pixels = test.gather_f32(batch);
                 let eps = normal_values(&mut noise, batch.len() * latent);
-                let [sampled, at_mean] = step.evaluate(&test.gather_f32(batch), &eps)?;
-                for (sum, term) in sums.iter_mut().zip([sampled.bce, sampled.kl, at_mean.bce, at_mean.kl]) {
+                let (mu, logvar) = step.encode(&pixels)?;
+                let kl = vae_model::posterior_kl(&mu, &logvar);
+                let sampled = step.log_likelihoods(&pixels, &vae_model::sampled_codes(&mu, &logvar, &eps))?;
+                let at_mean = step.log_likelihoods(&pixels, &mu)?;
+                let bce = |ll: Vec<f64>| -ll.iter().sum::<f64>();
+                for (sum, term) in sums.iter_mut().zip([bce(sampled), kl, bce(at_mean), kl]) {
                     *sum += term;
                 }
             }

@@ -67,13 +67,9 @@ pub struct CpuStep {
 /// is then 512 × 18432 floats, 38 MB, for the reference's model).
 pub const ENCODE_ROWS: usize = 512;
 
-/// Codes per call of [`CpuStep::log_likelihoods`]: the decoder buffers of a training step
-/// at batch 128.
+/// Codes per pass of [`CpuStep::log_likelihoods`]: the decoder buffers of a training
+/// step at batch 128.
 pub const DECODE_ROWS: usize = 128;
-
-/// Images per call of [`CpuStep::evaluate`]: 64 images decode 128 codes, the buffers of
-/// a training step at batch 128.
-pub const EVAL_ROWS: usize = 64;
 
 /// Images per pass of [`CpuStep::encode`]'s convolutions: enough to keep both cores
 /// busy, few enough that their im2col columns (144 × 576 floats per image for conv2)
@@ -182,48 +178,27 @@ impl CpuStep {
         })
     }
 
-    /// The loss sums of images `x` `(B, C, H, W)` in `[0, 1]` (flattened) under the
-    /// model's likelihood, without gradients, in both conventions: `[sampled, at_mean]`,
-    /// with `z = mu + eps · std` for the noise `eps` `(B, latent_dim)` (the Monte-Carlo
-    /// negative ELBO) and with `z = mu` (the posterior mean decoded). Both decode in one
-    /// pass, two codes per image, so at most [`EVAL_ROWS`] images fit the buffers a step
-    /// at batch 128 keeps.
-    pub fn evaluate(&mut self, x: &[f32], eps: &[f32]) -> Result<[BatchLoss; 2]> {
-        let t = &self.table;
-        let batch = batch_size(t, x, Some(eps))?;
-        if batch > EVAL_ROWS {
-            return Err(VaeError::BadBatch(format!("{batch} images per evaluation; at most {EVAL_ROWS}")));
-        }
-        let latent = t.mu.outputs;
-        let codes: Vec<f32> =
-            eps.chunks(latent).flat_map(|e| e.iter().copied().chain(std::iter::repeat_n(0.0, latent))).collect();
-        let (buf, likelihood) = (&mut self.buf, self.likelihood);
-        buf.times = Default::default();
-        with_weights(&self.params, |w| {
-            buf.resize(t, batch, batch, 2);
-            buf.forward(t, (batch, 2), w, x, &codes);
-            buf.evaluation_loss(x, t.conv1.input_len(), likelihood)
-        })
-    }
-
     /// `log p(x_i | z_i)` under the model's likelihood for each image of `x`
     /// `(B, C, H, W)` in `[0, 1]` (flattened) and its code, row `i` of `z`
     /// `(B, latent_dim)`: the decoder's half of the forward pass, without gradients, for
-    /// likelihood bounds. At most [`DECODE_ROWS`] codes a call.
+    /// likelihood bounds and test losses, [`DECODE_ROWS`] codes a pass.
     pub fn log_likelihoods(&mut self, x: &[f32], z: &[f32]) -> Result<Vec<f64>> {
         let t = &self.table;
         let batch = batch_size(t, x, Some(z))?;
-        if batch > DECODE_ROWS {
-            return Err(VaeError::BadBatch(format!("{batch} codes per decoding; at most {DECODE_ROWS}")));
-        }
+        let (pixels, latent) = (t.conv1.input_len(), t.mu.outputs);
         let (buf, likelihood) = (&mut self.buf, self.likelihood);
         buf.times = Default::default();
         with_weights(&self.params, |w| {
-            buf.resize(t, batch, 1, 1);
-            buf.codes().copy_from_slice(z);
-            buf.decode(t, batch, w);
-            let per_code = reconstruction_per_code(&buf.out.deconv2, x, (t.conv1.input_len(), 1), likelihood);
-            per_code.into_iter().map(|r| -r).collect()
+            let mut out = Vec::with_capacity(batch);
+            for (x, z) in x.chunks(DECODE_ROWS * pixels).zip(z.chunks(DECODE_ROWS * latent)) {
+                let rows = z.len() / latent;
+                buf.resize(t, rows, 1, 1);
+                buf.codes().copy_from_slice(z);
+                buf.decode(t, rows, w);
+                let per_code = reconstruction_per_code(&buf.out.deconv2, x, (pixels, 1), likelihood);
+                out.extend(per_code.into_iter().map(|r| -r));
+            }
+            out
         })
     }
 
@@ -249,6 +224,18 @@ impl CpuStep {
         })?;
         Ok((mu, logvar))
     }
+}
+
+/// The KL divergence of the posteriors `N(mu, exp(logvar))` (row-major, any number of
+/// images) from N(0, I), summed over dimensions and images.
+pub fn posterior_kl(mu: &[f32], logvar: &[f32]) -> f64 {
+    mu.iter().zip(logvar).map(|(m, lv)| 0.5 * f64::from(lv.exp() + m * m - 1.0 - lv)).sum()
+}
+
+/// The codes `mu + eps · exp(logvar / 2)` for the noise `eps`, whose rows take the
+/// posteriors in turn: one row per image, or several samples of every image, sample-major.
+pub fn sampled_codes(mu: &[f32], logvar: &[f32], eps: &[f32]) -> Vec<f32> {
+    eps.iter().zip(mu.iter().zip(logvar).cycle()).map(|(e, (m, lv))| m + e * (0.5 * lv).exp()).collect()
 }
 
 /// The number of images in `x` (and noise rows in `eps`), or an error naming the

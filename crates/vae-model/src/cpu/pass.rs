@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use super::kernels::{
     ImportanceSamples, Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward,
-    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient,
-    reconstruction_per_code, relu_mask,
+    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
 };
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
@@ -183,18 +182,6 @@ impl Buffers {
     /// The codes the decoder reads, `rows × latent_dim` (after [`Buffers::resize`]).
     pub fn codes(&mut self) -> &mut [f32] {
         &mut self.z
-    }
-
-    /// The loss sums of the last [`Buffers::forward`] on `x` (`pixels` values per image)
-    /// with two codes per image, a sampled one and then the posterior mean: `[sampled,
-    /// at_mean]`, without gradients.
-    pub fn evaluation_loss(&self, x: &[f32], pixels: usize, likelihood: Likelihood) -> [BatchLoss; 2] {
-        let per_code = reconstruction_per_code(&self.out.deconv2, x, (pixels, 2), likelihood);
-        let bce = [0, 1].map(|s| per_code.iter().skip(s).step_by(2).sum::<f64>());
-        let kl: f64 = (self.out.mu.iter().zip(&self.out.var).zip(&self.std))
-            .map(|((mu, logvar), std)| 0.5 * f64::from(std * std + mu * mu - logvar - 1.0))
-            .sum();
-        [BatchLoss { bce: bce[0], kl }, BatchLoss { bce: bce[1], kl }]
     }
 
     /// [`Buffers::loss`] for the importance-weighted objective over the `samples` codes
