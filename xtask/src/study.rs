@@ -3,13 +3,16 @@
 //! tabled from the runs' files into one Markdown page (`docs/study.md`).
 
 use std::fmt::Write as _;
+use std::fs::File;
 use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use vae_data::run::{ClassifierSummary, EpochRecord, EvalSummary, TsneSummary, file, read_json};
 
-use crate::pipeline::{self, PipelineArgs};
+use crate::pipeline::PipelineArgs;
 use crate::project_root;
 
 /// Flags of `cargo xtask study`.
@@ -31,6 +34,12 @@ pub struct StudyArgs {
     /// Directory of the runs, one per configuration, named study-BUDGET-CONFIGURATION
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Configurations trained at the same time (1 to 4). With more than one, each
+    /// pipeline trains on cores / N threads and writes its output to
+    /// RUNS/study-BUDGET-CONFIGURATION.log instead of the terminal; on 2 cores, two
+    /// one-thread runs side by side finish sooner than one two-thread run after another
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    jobs: u32,
 }
 
 /// `(run-name suffix, what it is, extra pipeline flags)` of each configuration.
@@ -48,32 +57,96 @@ struct Pipeline {
     args: PipelineArgs,
 }
 
+/// One configuration's pipeline: its label, run directory and flags besides `--out`.
+struct Job {
+    label: &'static str,
+    dir: PathBuf,
+    flags: Vec<String>,
+}
+
+impl Job {
+    /// Runs `cargo xtask pipeline` as a child process (this binary), its output on the
+    /// terminal or, with `log`, in that file.
+    fn run(&self, log: Option<PathBuf>) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("locating the xtask binary")?;
+        let mut child = Command::new(exe);
+        child.args(["pipeline", "--out"]).arg(&self.dir).args(&self.flags);
+        if let Some(log) = &log {
+            let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+            child.stdout(file.try_clone()?).stderr(file);
+        }
+        let status = child.status().with_context(|| format!("starting the pipeline of {}", self.label))?;
+        if !status.success() {
+            let shown = log.map_or(String::new(), |l| format!("; its output is in {}", l.display()));
+            bail!("the pipeline of {} failed ({status}){shown}", self.label);
+        }
+        Ok(())
+    }
+}
+
+/// Runs `jobs` with `parallel` of them at a time (each logging to a file when more than
+/// one); every job runs even when another fails, and the first failure is returned.
+fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<()> {
+    if parallel <= 1 {
+        return jobs.iter().try_for_each(|job| job.run(None));
+    }
+    let queue = Mutex::new(jobs.iter());
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| {
+                loop {
+                    // The queue's lock is released at the end of this statement.
+                    let Some(job) = queue.lock().unwrap_or_else(PoisonError::into_inner).next() else { break };
+                    let log = job.dir.with_extension("log");
+                    eprintln!("== {}: started, output in {}", job.label, log.display());
+                    let outcome = job.run(Some(log));
+                    eprintln!("== {}: {}", job.label, if outcome.is_ok() { "done" } else { "failed" });
+                    if let Err(e) = outcome {
+                        failures.lock().unwrap_or_else(PoisonError::into_inner).push(e);
+                    }
+                }
+            });
+        }
+    });
+    match failures.into_inner().unwrap_or_else(PoisonError::into_inner).into_iter().next() {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
+}
+
 /// Runs every configuration and writes the page; returns its path.
 pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
     let budget = if args.quick { "quick" } else { "full" };
-    let mut table = String::from(
-        "| configuration | test loss, z sampled | test loss, z = mean | IWAE bound (log p(x)) | active units | LinearSVC [mu \\| logvar] | LinearSVC mu | 10-NN mu | t-SNE 10-NN agreement | training seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+    let parallel = args.jobs as usize;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut commands = String::new();
+    let mut jobs = Vec::new();
     for (suffix, label, flags) in CONFIGURATIONS {
         let name = format!("study-{budget}-{suffix}");
         let shown = args.runs.join(&name);
-        let dir = project_root().join(&shown);
-        let mut argv: Vec<String> =
-            ["pipeline", "--out", &shown.display().to_string(), "--seed", &args.seed.to_string()]
-                .map(String::from)
-                .to_vec();
-        argv.extend(flags.iter().map(|f| f.to_string()));
+        let mut own = vec!["--seed".to_string(), args.seed.to_string()];
+        own.extend(flags.iter().map(|f| f.to_string()));
         if args.quick {
-            argv.push("--quick".into());
+            own.push("--quick".into());
         }
         if let Some(epochs) = args.epochs {
-            argv.extend(["--epochs".into(), epochs.to_string()]);
+            own.extend(["--epochs".into(), epochs.to_string()]);
         }
+        if parallel > 1 {
+            own.extend(["--threads".into(), (cores / parallel).max(1).to_string()]);
+        }
+        let argv = [vec!["pipeline".to_string(), "--out".into(), shown.display().to_string()], own.clone()].concat();
         writeln!(commands, "- {label}: `cargo xtask {}`", argv.join(" "))?;
-        let mut pipeline = Pipeline::try_parse_from(&argv).with_context(|| format!("the flags of {label}"))?;
-        pipeline.args.out = Some(dir.clone());
-        pipeline::run(&pipeline.args).with_context(|| format!("the pipeline of {label}"))?;
+        // Every configuration's flags are checked before the first one trains.
+        Pipeline::try_parse_from(&argv).with_context(|| format!("the flags of {label}"))?;
+        jobs.push(Job { label, dir: project_root().join(&shown), flags: own });
+    }
+    run_jobs(&jobs, parallel)?;
+    let mut table = String::from(
+        "| configuration | test loss, z sampled | test loss, z = mean | IWAE bound (log p(x)) | active units | LinearSVC [mu \\| logvar] | LinearSVC mu | 10-NN mu | t-SNE 10-NN agreement | training seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for Job { label, dir, .. } in &jobs {
         let history: Vec<EpochRecord> = read_json(&dir.join(file::HISTORY_JSON))?;
         let last = history.last().with_context(|| format!("{}: no epoch", dir.display()))?;
         let eval: EvalSummary = read_json(&dir.join(file::EVAL))?;
@@ -98,13 +171,19 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
     }
     let page = format!(
         "# Objectives side by side ({budget} budget)\n\n\
-         Generated by `cargo xtask study{}`: each configuration trained and analysed by the whole \
+         Generated by `cargo xtask study{}{}`: each configuration trained and analysed by the whole \
          pipeline, same seed ({}), same budget, into `study-{budget}-*/` run directories (each run's `report.md` \
-         has its figures). Losses are nats per image on the test set. The continuous Bernoulli's \
+         has its figures){}. Losses are nats per image on the test set. The continuous Bernoulli's \
          losses and bound are log-densities of grey pixels, on another scale than the Bernoulli's: \
          compare it with the others by its probes, not its losses.\n\n{table}\nCommands:\n\n{commands}",
         if args.quick { " --quick" } else { "" },
-        args.seed
+        if parallel > 1 { format!(" --jobs {parallel}") } else { String::new() },
+        args.seed,
+        if parallel > 1 {
+            format!(", {parallel} at a time on {cores} cores (so the training seconds are those of runs side by side)")
+        } else {
+            String::new()
+        },
     );
     let out = args
         .out

@@ -338,8 +338,9 @@ fn killed_pipeline_leaves_only_complete_files_and_a_rerun_finishes() {
     assert!(output.status.success() && log.contains("== classifier: /"), "classifier redone:\n{log}");
 }
 
-/// `cargo xtask study --quick` trains and analyses the four configurations and tables
-/// every one of them with real figures.
+/// `cargo xtask study --quick --jobs 2` trains and analyses the four configurations, two
+/// at a time with one thread each and their output in log files, and tables every one of
+/// them with real figures.
 #[test]
 fn the_quick_study_tables_every_configuration() {
     if vae_data::testing::skip_slow_tests() {
@@ -347,8 +348,9 @@ fn the_quick_study_tables_every_configuration() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let page = tmp.path().join("study.md");
+    let runs = tmp.path().to_str().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["study", "--quick", "--runs", tmp.path().to_str().unwrap(), "--out", page.to_str().unwrap()])
+        .args(["study", "--quick", "--jobs", "2", "--runs", runs, "--out", page.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -360,4 +362,10 @@ fn the_quick_study_tables_every_configuration() {
         assert!(!row.contains('–') && row.matches(" of ").count() == 1, "{row}");
     }
     assert!(page.contains("--iw-samples 5") && page.contains("--likelihood continuous-bernoulli"), "{page}");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(page.contains(&format!("--threads {}", (cores / 2).max(1))), "{page}");
+    for name in ["study-quick-vae", "study-quick-beta4", "study-quick-iwae5", "study-quick-cb"] {
+        let log = std::fs::read_to_string(tmp.path().join(format!("{name}.log"))).unwrap();
+        assert!(log.contains("== viz:"), "{name}'s pipeline output went to its log:\n{log}");
+    }
 }
