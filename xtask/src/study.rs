@@ -36,8 +36,7 @@ pub struct StudyArgs {
     runs: PathBuf,
     /// Configurations trained at the same time (1 to 4). With more than one, each
     /// pipeline trains on cores / N threads and writes its output to
-    /// RUNS/study-BUDGET-CONFIGURATION.log instead of the terminal; on 2 cores, two
-    /// one-thread runs side by side finish sooner than one two-thread run after another
+    /// RUNS/study-BUDGET-CONFIGURATION.log instead of the terminal
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     jobs: u32,
 }
@@ -85,7 +84,8 @@ impl Job {
 }
 
 /// Runs `jobs` with `parallel` of them at a time (each logging to a file when more than
-/// one); every job runs even when another fails, and the first failure is returned.
+/// one). After a failure no further job starts (those running finish), as in the
+/// one-at-a-time case, and the first failure is returned.
 fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<()> {
     if parallel <= 1 {
         return jobs.iter().try_for_each(|job| job.run(None));
@@ -97,6 +97,9 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<()> {
             scope.spawn(|| {
                 loop {
                     // The queue's lock is released at the end of this statement.
+                    if !failures.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
+                        break;
+                    }
                     let Some(job) = queue.lock().unwrap_or_else(PoisonError::into_inner).next() else { break };
                     let log = job.dir.with_extension("log");
                     eprintln!("== {}: started, output in {}", job.label, log.display());
