@@ -10,7 +10,7 @@ use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use vae_data::run::{ClassifierSummary, EpochRecord, EvalSummary, TsneSummary, file, read_json};
+use vae_data::run::{ClassifierSummary, EpochRecord, EvalSummary, FigureFile, TsneSummary, figure, file, read_json};
 
 use crate::pipeline::PipelineArgs;
 use crate::project_root;
@@ -32,6 +32,7 @@ pub struct StudyArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Directory of the runs, one per configuration, named study-BUDGET-CONFIGURATION
+    /// (BUDGET: quick, or the epochs, as in 20-epochs)
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
     /// Configurations trained at the same time (1 to 4). With more than one, each
@@ -71,6 +72,9 @@ impl Job {
         let mut child = Command::new(exe);
         child.args(["pipeline", "--out"]).arg(&self.dir).args(&self.flags);
         if let Some(log) = &log {
+            if let Some(dir) = log.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
             let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
             child.stdout(file.try_clone()?).stderr(file);
         }
@@ -118,9 +122,65 @@ fn run_jobs(jobs: &[Job], parallel: usize) -> anyhow::Result<()> {
     }
 }
 
+/// The figures the page shows of each configuration, side by side, with their column headings.
+const STUDY_FIGURES: [(&str, FigureFile); 3] = [
+    ("loss per epoch", figure::LOSS),
+    ("KL per latent dimension", figure::KL),
+    ("prior draws decoded", figure::GENERATED),
+];
+
+/// Copies [`STUDY_FIGURES`] of every run into `study-BUDGET-figures/` beside the page `out`
+/// (the runs themselves are not kept with it) and returns the page's section showing them.
+fn copy_figures(jobs: &[Job], out: &std::path::Path, budget: &str) -> anyhow::Result<String> {
+    let folder = format!("study-{budget}-figures");
+    let target = out.parent().unwrap_or(std::path::Path::new(".")).join(&folder);
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let mut section = String::from("Figures (one row per configuration):\n\n| configuration |");
+    for (heading, _) in STUDY_FIGURES {
+        write!(section, " {heading} |")?;
+    }
+    section.push_str(&format!("\n|---|{}\n", "---|".repeat(STUDY_FIGURES.len())));
+    for job in jobs {
+        let name = job.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        write!(section, "| {} |", job.label)?;
+        for (_, fig) in STUDY_FIGURES {
+            let from = job.dir.join(file::FIGURES_DIR).join(fig.file);
+            let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+            let copied = format!("{name}-{}", fig.file);
+            vae_data::write_atomic(&target.join(&copied), &bytes)?;
+            write!(section, " ![{}]({folder}/{copied}) |", fig.caption)?;
+        }
+        section.push('\n');
+    }
+    section.push('\n');
+    Ok(section)
+}
+
+/// The flags this study was given that shape its page, as a command line would show them.
+fn study_flags(args: &StudyArgs) -> String {
+    let mut flags = String::new();
+    if args.quick {
+        flags.push_str(" --quick");
+    }
+    if let Some(epochs) = args.epochs {
+        flags.push_str(&format!(" --epochs {epochs}"));
+    }
+    if args.seed != 0 {
+        flags.push_str(&format!(" --seed {}", args.seed));
+    }
+    if args.jobs > 1 {
+        flags.push_str(&format!(" --jobs {}", args.jobs));
+    }
+    flags
+}
+
 /// Runs every configuration and writes the page; returns its path.
 pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
-    let budget = if args.quick { "quick" } else { "full" };
+    let budget = match (args.quick, args.epochs) {
+        (true, None) => "quick".to_string(),
+        (true, Some(epochs)) => format!("quick-{epochs}-epochs"),
+        (false, epochs) => format!("{}-epochs", epochs.unwrap_or(20)),
+    };
     let parallel = args.jobs as usize;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut commands = String::new();
@@ -146,6 +206,11 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
         jobs.push(Job { label, dir: project_root().join(&shown), flags: own });
     }
     run_jobs(&jobs, parallel)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| project_root().join(format!("docs/study{}.md", if args.quick { "-quick" } else { "" })));
+    let figures = copy_figures(&jobs, &out, &budget)?;
     let mut table = String::from(
         "| configuration | test loss, z sampled | test loss, z = mean | IWAE bound (log p(x)) | active units | LinearSVC [mu \\| logvar] | LinearSVC mu | 10-NN mu | t-SNE 10-NN agreement | training seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -173,14 +238,14 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
         )?;
     }
     let page = format!(
-        "# Objectives side by side ({budget} budget)\n\n\
-         Generated by `cargo xtask study{}{}`: each configuration trained and analysed by the whole \
+        "# Objectives side by side ({} budget)\n\n\
+         Generated by `cargo xtask study{}`: each configuration trained and analysed by the whole \
          pipeline, same seed ({}), same budget, into `study-{budget}-*/` run directories (each run's `report.md` \
          has its figures){}. Losses are nats per image on the test set. The continuous Bernoulli's \
          losses and bound are log-densities of grey pixels, on another scale than the Bernoulli's: \
-         compare it with the others by its probes, not its losses.\n\n{table}\nCommands:\n\n{commands}",
-        if args.quick { " --quick" } else { "" },
-        if parallel > 1 { format!(" --jobs {parallel}") } else { String::new() },
+         compare it with the others by its probes, not its losses.\n\n{table}\n{figures}Commands:\n\n{commands}",
+        budget.replace('-', " "),
+        study_flags(args),
         args.seed,
         if parallel > 1 {
             format!(", {parallel} at a time on {cores} cores (so the training seconds are those of runs side by side)")
@@ -188,10 +253,6 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
             String::new()
         },
     );
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| project_root().join(format!("docs/study{}.md", if args.quick { "-quick" } else { "" })));
     vae_data::write_atomic(&out, page.as_bytes())?;
     println!("{page}\nwritten to {}", out.display());
     Ok(out)

@@ -367,5 +367,9 @@ fn the_quick_study_tables_every_configuration() {
     for name in ["study-quick-vae", "study-quick-beta4", "study-quick-iwae5", "study-quick-cb"] {
         let log = std::fs::read_to_string(tmp.path().join(format!("{name}.log"))).unwrap();
         assert!(log.contains("== viz:"), "{name}'s pipeline output went to its log:\n{log}");
+        let copied = format!("study-quick-figures/{name}-kl_per_dimension.png");
+        assert!(page.contains(&format!("]({copied})")), "{copied} not shown:\n{page}");
+        let png = std::fs::read(tmp.path().join(&copied)).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{copied} is not a PNG");
     }
 }
