@@ -32,7 +32,7 @@ pub struct StudyArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Directory of the runs, one per configuration, named study-BUDGET-CONFIGURATION
-    /// (BUDGET: quick, or the epochs, as in 20-epochs)
+    /// (BUDGET: quick, full for vae-train's default epochs, or N-epochs with --epochs N)
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
     /// Configurations trained at the same time (1 to 4). With more than one, each
@@ -179,7 +179,8 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<PathBuf> {
     let budget = match (args.quick, args.epochs) {
         (true, None) => "quick".to_string(),
         (true, Some(epochs)) => format!("quick-{epochs}-epochs"),
-        (false, epochs) => format!("{}-epochs", epochs.unwrap_or(20)),
+        (false, None) => "full".to_string(),
+        (false, Some(epochs)) => format!("{epochs}-epochs"),
     };
     let parallel = args.jobs as usize;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
