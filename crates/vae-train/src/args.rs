@@ -14,7 +14,7 @@ use crate::schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
 #[command(
     version,
     about = "Train the reference's convolutional VAE on MNIST-style IDX data",
-    long_about = "Train the reference's convolutional VAE on MNIST-style IDX data.\n\nThe defaults are the project's recipe (docs/training-recipes.md): one epoch at batch 32, then batch 128, Adam at a peak of 2e-3 on a cosine decay, evaluated through a 0.999 weight average. `--recipe reference` gives the published experiment's stated settings instead."
+    long_about = "Train the reference's convolutional VAE on MNIST-style IDX data.\n\nThe defaults are the project's recipe (docs/training-recipes.md): one epoch at batch 32, then batch 128, Adam at a peak of 2e-3 on a cosine decay, the KL weight ramped from 0 to 1 over the first epoch, evaluated through a 0.999 weight average. `--recipe reference` gives the published experiment's stated settings instead."
 )]
 pub struct TrainArgs {
     /// --data: the dataset directory
@@ -73,8 +73,11 @@ pub struct TrainArgs {
     /// runs with different β compare
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_finite)]
     pub beta: f64,
-    /// Epochs over which the KL weight ramps linearly from 0 to --beta (KL annealing)
-    #[arg(long, default_value_t = 0)]
+    /// Epochs over which the KL weight ramps linearly from 0 to --beta, step by step (KL
+    /// annealing; 0: none, the reference's). The default's one epoch keeps the latent
+    /// dimensions from collapsing early (docs/training-recipes.md, runs 6 and 7); it does
+    /// not apply to --iw-samples above 1
+    #[arg(long, default_value_t = 1)]
     pub kl_warmup_epochs: u32,
     /// The decoder's likelihood of a pixel value: bernoulli (the reference's binary
     /// cross-entropy, not a density for grey pixels) or continuous-bernoulli (its
@@ -128,9 +131,11 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The flags with `--recipe` applied.
+    /// The flags with `--recipe` applied, and without the default KL warm-up where the
+    /// importance-weighted objective has no KL weight to ramp.
     pub fn resolved(&self) -> Self {
         match self.recipe {
+            None if self.iw_samples > 1 => Self { kl_warmup_epochs: 0, ..self.clone() },
             None => self.clone(),
             Some(Recipe::Reference) => Self {
                 batch_size: 32,

@@ -11,12 +11,23 @@ fn data_dir() -> PathBuf {
 
 /// Flags the tests pin unless they set them: the reference's constant 1e-3, because they
 /// resume runs to more epochs and a cosine's length is part of the run; no initial phase
-/// and no average, the simplest run. `default_recipe_runs_its_phases` tests the defaults.
-const PINNED: [(&str, &str); 4] =
-    [("--lr", "1e-3"), ("--lr-schedule", "constant"), ("--initial-batch-epochs", "0"), ("--ema", "0")];
+/// no average and no KL warm-up, the simplest run. `default_recipe_runs_its_phases` tests
+/// the defaults.
+const PINNED: [(&str, &str); 5] = [
+    ("--lr", "1e-3"),
+    ("--lr-schedule", "constant"),
+    ("--initial-batch-epochs", "0"),
+    ("--ema", "0"),
+    ("--kl-warmup-epochs", "0"),
+];
 
 fn args(out: &Path, extra: &[&str]) -> TrainArgs {
-    let pinned = PINNED.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]);
+    // `--iw-samples` refuses a KL warm-up: it has no KL weight.
+    let refused = |flag: &str| flag == "--kl-warmup-epochs" && extra.contains(&"--iw-samples");
+    let pinned = PINNED
+        .iter()
+        .filter(|(flag, _)| !extra.contains(flag) && !refused(flag))
+        .flat_map(|(flag, value)| [*flag, *value]);
     parse_args(out, &pinned.chain(extra.iter().copied()).collect::<Vec<_>>())
 }
 
@@ -290,6 +301,7 @@ fn recipes_resume_to_identical_bytes_and_write_the_average() {
     // The reference's preset replaces the defaults, and refuses flags that would change it.
     let seed = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "reference"]).unwrap().resolved();
     assert_eq!((seed.batch_size, seed.initial_batch_epochs, seed.lr, seed.ema), (32, 0, 1e-3, 0.0));
+    assert_eq!(seed.kl_warmup_epochs, 0);
     assert_eq!(seed.lr_schedule, vae_train::schedule::LrSchedule::Constant);
     let clash = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--recipe", "seed", "--ema", "0.9"]);
     assert!(clash.unwrap_err().to_string().contains("--ema"));
@@ -315,6 +327,10 @@ fn default_recipe_runs_its_phases() {
     assert_eq!((plan["initial_scale"].as_f64(), config["ema_decay"].as_f64()), (Some(0.5f64.sqrt()), Some(0.999)));
     let (_, meta) = vae_model::read_tensors(&dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(meta["ema_updates"], (512 / 32 + 512 / 64).to_string(), "one update per step of either phase");
+    assert_eq!(config["kl_weight"]["warmup_steps"].as_u64(), Some(512 / 32), "the KL ramps over the first epoch");
+    // The importance-weighted objective has no KL weight to ramp.
+    let iwae = TrainArgs::try_parse_from(["vae-train", "--out", "x", "--iw-samples", "5"]).unwrap().resolved();
+    assert_eq!(iwae.kl_warmup_epochs, 0);
     // A step decay counts epochs of one batch size: refused with an initial phase.
     let step = parse_args(&root.path().join("step"), &["--lr-schedule", "step"]);
     let err = vae_train::run(&step).unwrap_err();

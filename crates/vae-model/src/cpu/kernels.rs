@@ -19,15 +19,16 @@ pub(super) fn columns_len(layer: &Layer) -> usize {
 const COLUMN_MAJOR_ROWS: usize = 128;
 
 /// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. For up to
-/// [`COLUMN_MAJOR_ROWS`] rows and a layer that narrows (`in ≥ out`), the product is
-/// computed column-major into `scratch` and transposed back: gemm then reads the weight
-/// in place instead of packing it. For the 18432→512 layer that is 1.2–1.7× faster at
-/// batch 32 and 128; it is slower at 512 rows, and for the widening 512→18432 layer it
-/// made the backward pass slower (BENCHMARKS.md).
+/// [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch` and
+/// transposed back: gemm then reads the weight in place instead of packing it. For the
+/// 18432→512 layer that is 1.2–1.7× faster at batch 32 and 128 (it is slower at 512
+/// rows). For a widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
+/// there it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
+/// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md).
 pub(super) fn linear_forward(layer: &Layer, x: &[f32], p: Params, out: &mut [f32], b: usize, scratch: &mut Vec<f32>) {
     let (n_out, n_in, relu) = (layer.outputs, layer.inputs, layer.relu);
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
-    if b > COLUMN_MAJOR_ROWS || n_in < n_out {
+    if b > COLUMN_MAJOR_ROWS || (n_in < n_out && crate::machine::gemm_isa() != "AVX-512") {
         matmul(out, x, weight_t, false);
         add_bias(out, p.bias, 1, relu);
         return;
