@@ -36,23 +36,32 @@ pub fn cpu_model() -> String {
 /// products) dispatches to on this CPU at run time: `AVX-512` (its x86-v4 kernels,
 /// needing AVX-512 F/BW/CD/DQ/VL), `AVX2+FMA` (x86-v3), or `baseline`.
 pub fn gemm_isa() -> &'static str {
+    if gemm_uses_avx512() {
+        return "AVX-512";
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return "AVX2+FMA";
+    }
+    "baseline"
+}
+
+/// Whether the `gemm` crate runs its AVX-512 (x86-v4) kernels on this CPU; some layouts
+/// of the CPU step's products are chosen by it (measured faster with one kind of
+/// kernel, slower with the other).
+pub fn gemm_uses_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let v3 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        let v4 = v3
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512cd")
             && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl");
-        if v4 {
-            return "AVX-512";
-        }
-        if v3 {
-            return "AVX2+FMA";
-        }
+            && is_x86_feature_detected!("avx512vl")
     }
-    "baseline"
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ const COLUMN_MAJOR_ROWS: usize = 128;
 pub(super) fn linear_forward(layer: &Layer, x: &[f32], p: Params, out: &mut [f32], b: usize, scratch: &mut Vec<f32>) {
     let (n_out, n_in, relu) = (layer.outputs, layer.inputs, layer.relu);
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
-    if b > COLUMN_MAJOR_ROWS || (n_in < n_out && crate::machine::gemm_isa() != "AVX-512") {
+    if b > COLUMN_MAJOR_ROWS || (n_in < n_out && !crate::machine::gemm_uses_avx512()) {
         matmul(out, x, weight_t, false);
         add_bias(out, p.bias, 1, relu);
         return;
