@@ -10,7 +10,7 @@ fn data_dir() -> PathBuf {
 }
 
 /// Flags the tests pin unless they set them: the reference's constant 1e-3, because they
-/// resume runs to more epochs and a cosine's length is part of the run; no initial phase
+/// resume runs to more epochs and a cosine's length is part of the run; no initial phase,
 /// no average and no KL warm-up, the simplest run. `default_recipe_runs_its_phases` tests
 /// the defaults.
 const PINNED: [(&str, &str); 5] = [

@@ -23,7 +23,7 @@ const COLUMN_MAJOR_ROWS: usize = 128;
 /// transposed back: gemm then reads the weight in place instead of packing it. For the
 /// 18432→512 layer that is 1.2–1.7× faster at batch 32 and 128 (it is slower at 512
 /// rows). For a widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
-/// there it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
+/// there (AMD EPYC Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
 /// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md).
 pub(super) fn linear_forward(layer: &Layer, x: &[f32], p: Params, out: &mut [f32], b: usize, scratch: &mut Vec<f32>) {
     let (n_out, n_in, relu) = (layer.outputs, layer.inputs, layer.relu);
