@@ -5,13 +5,19 @@ Not run by CI. Install PyTorch (`pip install torch`) and run
 (and spread) of 7 timed steps after 2 warm-ups at batch 128 and 32, and the encoder at batch 500,
 on random images, in the line format of `cargo xtask bench` (which runs it interleaved with
 its own step under `cargo xtask bench --pytorch PYTHON`). `--bf16` runs the forward pass and
-the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (f32 master weights).
+the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (f32 master weights). With
+`--mnist DIR` it also times one bare training loop over the first `--pass-images` MNIST
+training images at batch 128 (the images already in memory), to set beside a whole
+`vae-train` process on the same images.
 """
 
 import contextlib
 
 import argparse
+import gzip
+import os
 import statistics
+import struct
 import time
 
 import torch
@@ -57,6 +63,17 @@ class Vae(nn.Module):
         return d.deconv2(h), mu, logvar
 
 
+def mnist_images(directory, n):
+    """The first n training images of an MNIST directory, (n, 1, 28, 28) in [0, 1]."""
+    with gzip.open(os.path.join(directory, "train-images-idx3-ubyte.gz")) as f:
+        magic, count, rows, cols = struct.unpack(">IIII", f.read(16))
+        if magic != 2051:
+            raise SystemExit(f"{directory}: not an IDX image file (magic {magic})")
+        n = min(n, count)
+        pixels = bytearray(f.read(n * rows * cols))
+    return torch.frombuffer(pixels, dtype=torch.uint8).float().div(255).view(n, 1, rows, cols)
+
+
 def timed(fn, reps=7, warmup=2):
     for _ in range(warmup):
         fn()
@@ -72,6 +89,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass and the loss")
+    parser.add_argument("--mnist", help="MNIST directory: also time one training loop over its first images")
+    parser.add_argument("--pass-images", type=int, default=6400, help="images of that loop")
     args = parser.parse_args()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     torch.set_num_threads(args.threads)
@@ -79,25 +98,33 @@ def main():
     model = Vae()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{', bf16 autocast' if args.bf16 else ''}")
+
+    def step(x):
+        batch = len(x)
+        opt.zero_grad()
+        with autocast():
+            logits, mu, logvar = model(x)
+            bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        ((bce + kl) / batch).backward()
+        opt.step()
+
     for batch in (128, 32):
         x = torch.rand(batch, 1, 28, 28)
-
-        def step():
-            opt.zero_grad()
-            with autocast():
-                logits, mu, logvar = model(x)
-                bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-                kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-            ((bce + kl) / batch).backward()
-            opt.step()
-
-        med, lo, hi = timed(step)
+        med, lo, hi = timed(lambda: step(x))
         print(f"training step, batch {batch:3}: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  "
               f"{batch / med:6.0f} images/s")
     x = torch.rand(500, 1, 28, 28)
     with torch.no_grad(), autocast():
         med, lo, hi = timed(lambda: model.encode(x))
     print(f"encoder, 500 images: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  {500 / med:7.0f} images/s")
+    if args.mnist:
+        images = mnist_images(args.mnist, args.pass_images)
+        start = time.perf_counter()
+        for i in range(0, len(images), 128):
+            step(images[i : i + 128])
+        seconds = time.perf_counter() - start
+        print(f"training pass, {len(images)} images at batch 128: {seconds * 1e3:7.1f} ms  {len(images) / seconds:6.0f} images/s")
 
 
 if __name__ == "__main__":

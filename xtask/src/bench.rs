@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the throughput benchmark, and with `--pytorch PYTHON` the training
-//! step and the encoder measured side by side with PyTorch's (f32 and bf16 autocast),
-//! interleaved round by round in the same minutes (these VMs drift 1.5–2×), with the
-//! ratios printed.
+//! step, the encoder and one training pass (a whole `vae-train` process against PyTorch's
+//! bare loop on the same MNIST images) measured side by side with PyTorch's (f32 and bf16
+//! autocast), interleaved round by round in the same minutes (these VMs drift 1.5–2×),
+//! with the ratios printed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, project_root};
+use crate::{cargo, project_root, release_dir};
 
 /// Flags of `cargo xtask bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,14 +97,43 @@ fn ours(quick: bool, only: &[String], capture: bool) -> anyhow::Result<String> {
 }
 
 /// The figures compared, as the lines of both benchmarks name them.
-const FIGURES: [&str; 3] = ["training step, batch 128", "training step, batch  32", "encoder, 500 images"];
+const FIGURES: [&str; 4] = ["training step, batch 128", "training step, batch  32", "encoder, 500 images", PASS_FIGURE];
 
-/// Milliseconds of each figure in a benchmark's output (`NAME: 123.4 ms ...` lines).
-fn parse(output: &str) -> BTreeMap<&'static str, f64> {
+/// The training pass compared: [`PASS_IMAGES`] MNIST training images at batch 128.
+const PASS_FIGURE: &str = "training pass, 6400 images at batch 128";
+const PASS_IMAGES: &str = "6400";
+
+/// One training pass over the first [`PASS_IMAGES`] training images at batch 128 as a
+/// whole `vae-train` process (start-up, data, a test pass on 100 images and every output
+/// written and synced included; no weight average, which PyTorch's loop does not keep),
+/// in milliseconds, `precision` f32 or bf16.
+fn our_pass(precision: &str) -> anyhow::Result<f64> {
+    let out = std::env::temp_dir().join(format!("xtask-bench-pass-{}", std::process::id()));
+    let data = project_root().join("data/mnist");
+    let mut cmd = Command::new(release_dir().join("vae-train"));
+    cmd.arg("--data").arg(&data).arg("--out").arg(&out);
+    cmd.args(["--epochs", "1", "--batch-size", "128", "--initial-batch-epochs", "0", "--ema", "0"]);
+    cmd.args(["--train-limit", PASS_IMAGES, "--test-limit", "100", "--precision", precision]);
+    let started = std::time::Instant::now();
+    let output = cmd.output().context("running vae-train (cargo build --release -p vae-train first)");
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let _ = std::fs::remove_dir_all(&out);
+    let output = output?;
+    if !output.status.success() {
+        bail!("vae-train failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(ms)
+}
+
+/// Milliseconds of each figure in a benchmark's output (`NAME: 123.4 ms ...` lines, or
+/// `NAME (bf16): ...` ones with `suffix` " (bf16)").
+fn parse(output: &str, suffix: &str) -> BTreeMap<&'static str, f64> {
     let mut found = BTreeMap::new();
     for line in output.lines() {
         let Some((name, rest)) = line.split_once(':') else { continue };
-        let Some(figure) = FIGURES.iter().find(|f| name.trim() == f.trim()) else { continue };
+        let Some(figure) = FIGURES.iter().find(|f| name.trim().strip_suffix(suffix) == Some(f.trim())) else {
+            continue;
+        };
         if let Some(ms) = rest.split_whitespace().next().and_then(|v| v.parse().ok()) {
             found.insert(*figure, ms);
         }
@@ -121,7 +151,8 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(2, usize::from).to_string();
     let torch = |bf16: bool| -> anyhow::Result<String> {
         let mut cmd = Command::new(python);
-        cmd.arg(&script).args(["--threads", &threads]);
+        cmd.arg(&script).args(["--threads", &threads, "--pass-images", PASS_IMAGES]);
+        cmd.arg("--mnist").arg(project_root().join("data/mnist"));
         if bf16 {
             cmd.arg("--bf16");
         }
@@ -139,15 +170,25 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
         cpu_model(),
         if bf16 { ", PyTorch bf16 autocast" } else { " (no native bf16 on this CPU: bf16 autocast skipped)" }
     );
-    let mut samples: [BTreeMap<&str, Vec<f64>>; 3] = Default::default();
+    // Ours f32, PyTorch f32, PyTorch bf16 autocast, ours with --precision bf16 (where
+    // the CPU has AVX-512 BF16: the bench prints those lines only then).
+    let our_bf16 = cpu_flag("avx512_bf16");
+    let status = cargo().args(["build", "--release", "-p", "vae-train", "--bin", "vae-train"]).status();
+    if !status.context("running cargo build")?.success() {
+        bail!("building vae-train failed");
+    }
+    let mut samples: [BTreeMap<&str, Vec<f64>>; 4] = Default::default();
     for round in 1..=rounds {
-        let outputs = [
-            ours(true, &["step".into(), "encoder".into()], true)?,
-            torch(false)?,
-            if bf16 { torch(true)? } else { String::new() },
-        ];
-        for (kind, output) in samples.iter_mut().zip(&outputs) {
-            for (figure, ms) in parse(output) {
+        let ours = ours(true, &["step".into(), "encoder".into()], true)?;
+        let (mut f32_, mut bf16_) = (parse(&ours, ""), parse(&ours, " (bf16)"));
+        f32_.insert(PASS_FIGURE, our_pass("f32")?);
+        if our_bf16 {
+            bf16_.insert(PASS_FIGURE, our_pass("bf16")?);
+        }
+        let outputs =
+            [f32_, parse(&torch(false)?, ""), if bf16 { parse(&torch(true)?, "") } else { BTreeMap::new() }, bf16_];
+        for (kind, output) in samples.iter_mut().zip(outputs) {
+            for (figure, ms) in output {
                 kind.entry(figure).or_default().push(ms);
             }
         }
@@ -155,21 +196,27 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
             .iter()
             .map(|f| {
                 let last = |k: usize| samples[k].get(f).and_then(|v| v.last().copied()).unwrap_or(f64::NAN);
-                format!("{}: {:.1} / {:.1} / {:.1} ms", f.replace("  ", " "), last(0), last(1), last(2))
+                let (name, a, b, c, d) = (f.replace("  ", " "), last(0), last(1), last(2), last(3));
+                format!("{name}: {a:.1} / {b:.1} / {c:.1} ms, ours bf16 {d:.1} ms")
             })
             .collect();
         println!("round {round}: {}", line.join("; "));
     }
-    println!("\n| figure (median of {rounds} rounds) | ours | PyTorch f32 | ratio | PyTorch bf16 | ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "\n| figure (median of {rounds} rounds) | ours f32 | PyTorch f32 | ratio | PyTorch bf16 | ratio | \
+         ours bf16 | ratio to PyTorch f32 | to PyTorch bf16 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for figure in FIGURES {
         let med = |k: usize| samples[k].get(figure).cloned().map_or(f64::NAN, median);
-        let (ours, f32_, bf16) = (med(0), med(1), med(2));
+        let (ours, f32_, bf16, ours_bf16) = (med(0), med(1), med(2), med(3));
         println!(
-            "| {} | {ours:.1} ms | {f32_:.1} ms | {:.2}× | {bf16:.1} ms | {:.2}× |",
+            "| {} | {ours:.1} ms | {f32_:.1} ms | {:.2}× | {bf16:.1} ms | {:.2}× | {ours_bf16:.1} ms | {:.2}× | {:.2}× |",
             figure.replace("  ", " "),
             f32_ / ours,
-            bf16 / ours
+            bf16 / ours,
+            f32_ / ours_bf16,
+            bf16 / ours_bf16
         );
     }
     Ok(())
@@ -178,8 +225,13 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
 /// Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16, as the kernel
 /// reports them).
 fn native_bf16() -> bool {
+    cpu_flag("avx512_bf16") || cpu_flag("amx_bf16")
+}
+
+/// Whether the kernel lists `flag` among the CPU's.
+fn cpu_flag(flag: &str) -> bool {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    cpuinfo.split_whitespace().any(|flag| flag == "avx512_bf16" || flag == "amx_bf16")
+    cpuinfo.split_whitespace().any(|f| f == flag)
 }
 
 /// The CPU's model name, from the kernel (xtask does not link the model crate).
@@ -199,14 +251,18 @@ mod tests {
         let ours = "training step, batch 128:    269.0 ms (spread 258.1–281.0)  475 images/s\n\
                     training step, batch 128 (candle autograd):    635.0 ms (spread 1–2)\n\
                     encoder, 500 images:    141.2 ms (spread 1–2)    3535 images/s\n\
-                    encoder, 500 images (candle graph):    224.0 ms (spread 1–2)";
-        let torch =
-            "torch 2.15.0, 2 threads\ntraining step, batch  32:   240.5 ms (spread 230.0-250.1)    133 images/s";
-        let parsed = parse(ours);
+                    encoder, 500 images (candle graph):    224.0 ms (spread 1–2)\n\
+                    encoder, 500 images (bf16):    61.0 ms (spread 1–2)";
+        let torch = "torch 2.15.0, 2 threads\ntraining step, batch  32:   240.5 ms (spread 230.0-250.1)    133 images/s\n\
+                     training pass, 6400 images at batch 128:  9012.5 ms     710 images/s";
+        let parsed = parse(ours, "");
         assert_eq!(parsed.get(FIGURES[0]), Some(&269.0));
         assert_eq!(parsed.get(FIGURES[2]), Some(&141.2), "the candle-graph line is another figure");
         assert_eq!(parsed.len(), 2);
-        assert_eq!(parse(torch).get(FIGURES[1]), Some(&240.5));
+        let bf16 = parse(ours, " (bf16)");
+        assert_eq!((bf16.get(FIGURES[2]), bf16.len()), (Some(&61.0), 1));
+        assert_eq!(parse(torch, "").get(FIGURES[1]), Some(&240.5));
+        assert_eq!(parse(torch, "").get(PASS_FIGURE), Some(&9012.5));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 }

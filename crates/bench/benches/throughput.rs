@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
-use vae_model::{CpuStep, Vae, VaeConfig, init_varmap, loss_terms};
+use vae_model::{CpuStep, Precision, Vae, VaeConfig, init_varmap, loss_terms};
 use vae_train::adam::{Adam, AdamConfig, named_vars};
 
 fn gemm_peak(threads: usize, reps: usize) -> f64 {
@@ -111,13 +111,25 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
     Tensor::from_vec((0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
 }
 
-/// One training step (forward, backward, Adam) at `batch`, through the hand-written CPU
-/// step that `vae-train` uses or, with `autograd`, through candle's autograd.
-fn training_step(batch: usize, reps: usize, peaks: Peaks, autograd: bool) {
+/// How a step is computed.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// The hand-written CPU step that `vae-train` uses, in this precision.
+    Cpu(Precision),
+    /// candle's autograd.
+    Autograd,
+}
+
+/// One training step (forward, backward, Adam) at `batch`, along `path`.
+fn training_step(batch: usize, reps: usize, peaks: Peaks, path: Path) {
     let dev = Device::Cpu;
     let (varmap, vae) = model(&dev);
     let mut adam = Adam::new(named_vars(&varmap).unwrap(), AdamConfig::default());
     let mut cpu_step = CpuStep::new(vae.config(), &varmap).unwrap();
+    let autograd = path == Path::Autograd;
+    if let Path::Cpu(precision) = path {
+        cpu_step.set_precision(precision).unwrap();
+    }
     let mut rng = StdRng::seed_from_u64(0);
     let x = random(&[batch, 1, 28, 28], &mut rng);
     let eps = random(&[batch, 10], &mut rng);
@@ -138,7 +150,11 @@ fn training_step(batch: usize, reps: usize, peaks: Peaks, autograd: bool) {
     let gflops = step_flop * batch as f64 / s.median / 1e9;
     println!(
         "training step, batch {batch:3}{}: {}  {:6.0} images/s  {gflops:5.1} GFLOP/s  {:4.1}% of the {} FMA peak, {:4.1}% of GEMM 1024³  → {:.0} s per 60k-image training epoch",
-        if autograd { " (candle autograd)" } else { "" },
+        match path {
+            Path::Autograd => " (candle autograd)",
+            Path::Cpu(Precision::Bf16) => " (bf16)",
+            Path::Cpu(Precision::F32) => "",
+        },
         s,
         batch as f64 / s.median,
         100.0 * gflops / peaks.fma.1,
@@ -185,10 +201,13 @@ fn main() {
     }
     for batch in [128, 32] {
         if run("step") {
-            training_step(batch, reps, peaks, false);
+            training_step(batch, reps, peaks, Path::Cpu(Precision::F32));
+            if vae_model::machine::has_avx512_bf16() {
+                training_step(batch, reps, peaks, Path::Cpu(Precision::Bf16));
+            }
         }
         if run("autograd") {
-            training_step(batch, reps, peaks, true);
+            training_step(batch, reps, peaks, Path::Autograd);
         }
     }
 }

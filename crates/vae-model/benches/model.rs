@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
-use vae_model::{CpuStep, Vae, VaeConfig, init_varmap, posterior_kl, sampled_codes};
+use vae_model::{CpuStep, Precision, Vae, VaeConfig, init_varmap, posterior_kl, sampled_codes};
 
 fn model() -> (VarMap, Vae) {
     let cfg = VaeConfig::default();
@@ -24,18 +24,28 @@ fn uniform(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.random::<f32>()).collect()
 }
 
+/// The precisions this CPU runs: f32, and bf16 where it has AVX-512 BF16.
+fn precisions() -> Vec<(Precision, &'static str)> {
+    let mut all = vec![(Precision::F32, "")];
+    if vae_model::machine::has_avx512_bf16() {
+        all.push((Precision::Bf16, " (bf16)"));
+    }
+    all
+}
+
 /// Where a [`CpuStep`] forward and backward pass spends its time at `batch`, layer by
 /// layer (medians over the repetitions).
-fn per_layer(batch: usize, reps: usize) {
+fn per_layer(batch: usize, reps: usize, (precision, label): (Precision, &str)) {
     let (varmap, vae) = model();
     let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
+    step.set_precision(precision).unwrap();
     let (pixels, noise) = (uniform(batch * 784, 1), uniform(batch * 10, 2));
     let mut runs: Vec<Vec<(&str, f64, f64)>> = Vec::new();
     let whole = measure(reps, || {
         step.run(&pixels, &noise).unwrap();
         runs.push(step.layer_seconds().collect());
     });
-    println!("per layer at batch {batch} (forward | backward, ReLU and bias included); whole pass {whole}:");
+    println!("per layer at batch {batch}{label} (forward | backward, ReLU and bias included); whole pass {whole}:");
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -54,15 +64,23 @@ fn encoder(reps: usize) {
     let pixels = uniform(500 * 784, 3);
     let x = Tensor::from_slice(&pixels, (500, 1, 28, 28), &Device::Cpu).unwrap();
     let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
-    let cpu = measure(reps, || {
-        black_box(step.encode(&pixels).unwrap());
-    });
+    for (precision, label) in precisions() {
+        step.set_precision(precision).unwrap();
+        let s = measure(reps, || {
+            black_box(step.encode(&pixels).unwrap());
+        });
+        println!("encoder, 500 images{label}: {s}  {:7.0} images/s", 500.0 / s.median);
+        let layers: Vec<String> = step
+            .layer_seconds()
+            .filter(|(_, forward, _)| *forward > 0.0)
+            .map(|(name, forward, _)| format!("{name} {:.1}", forward * 1e3))
+            .collect();
+        println!("  last pass, ms per layer: {}", layers.join(", "));
+    }
     let candle = measure(reps, || {
         black_box(vae.encode(&x).unwrap());
     });
-    for (name, s) in [("", cpu), (" (candle graph)", candle)] {
-        println!("encoder, 500 images{name}: {s}  {:7.0} images/s", 500.0 / s.median);
-    }
+    println!("encoder, 500 images (candle graph): {candle}  {:7.0} images/s", 500.0 / candle.median);
 }
 
 /// The per-epoch test evaluation of `vae-train` on 500 images, z sampled and z = mu: the
@@ -94,8 +112,10 @@ fn main() {
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
     let run = |section: &str| only.is_empty() || only.contains(&section);
     if run("ops") {
-        for batch in [128, 32] {
-            per_layer(batch, reps);
+        for precision in precisions() {
+            for batch in [128, 32] {
+                per_layer(batch, reps, precision);
+            }
         }
     }
     if run("encoder") {

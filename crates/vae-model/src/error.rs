@@ -10,6 +10,9 @@ pub enum VaeError {
     /// The configuration or an input does not fit the model.
     #[error("{0}")]
     Config(String),
+    /// What was asked for needs something this CPU lacks.
+    #[error("{0}")]
+    Unsupported(String),
     /// A batch given to the CPU step does not fit the model.
     #[error("cpu step: {0}")]
     BadBatch(String),

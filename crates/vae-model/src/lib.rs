@@ -46,7 +46,7 @@ use candle_core::{D, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 pub use arch::{KERNEL, Layer, LayerKind, Layers, VaeConfig};
-pub use cpu::{BatchLoss, CpuStep, DECODE_ROWS, posterior_kl, sampled_codes};
+pub use cpu::{BatchLoss, CpuStep, DECODE_ROWS, Precision, posterior_kl, sampled_codes};
 pub use error::{Result, VaeError};
 pub use layers::{Conv2d, ConvTranspose2d, Linear, col2im_add, im2col};
 pub use likelihood::{Likelihood, cb_log_normaliser, cb_log_normaliser_grad};

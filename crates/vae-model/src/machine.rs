@@ -64,6 +64,18 @@ pub fn gemm_uses_avx512() -> bool {
     false
 }
 
+/// Whether the CPU has AVX-512 F and BF16 (`vdpbf16ps`), which
+/// [`Precision::Bf16`](crate::cpu::Precision::Bf16) needs: AMD Zen 4 and later, Intel
+/// Cooper Lake, Sapphire Rapids and later.
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[cfg(test)]
 mod tests {
     /// The brand string is the one the kernel reports (Linux reads the same CPUID leaves).

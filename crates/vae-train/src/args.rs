@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use vae_data::run::{average_decay, non_negative_finite, positive_finite, unit_interval};
 
-use vae_model::Likelihood;
+use vae_model::{Likelihood, Precision};
 
 use crate::schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
 
@@ -114,6 +114,12 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub device: vae_data::cli::DeviceArgs,
+    /// Arithmetic of the two wide layers' products (forward and gradients) in the CPU
+    /// step: f32, or bf16 (operands rounded to bfloat16, f32 accumulation and f32
+    /// weights; needs a CPU with AVX-512 BF16, refused elsewhere). Also used for the
+    /// per-epoch test losses
+    #[arg(long, value_enum, default_value_t = Precision::F32, conflicts_with = "autograd")]
+    pub precision: Precision,
     /// Compute gradients with candle's autograd instead of the hand-written CPU backward
     /// pass: slower, the reference the fast path is tested against (always used off the
     /// CPU); results agree to float round-off

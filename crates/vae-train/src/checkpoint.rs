@@ -32,6 +32,9 @@ pub(crate) struct Fingerprint {
     #[serde(default = "one")]
     pub(crate) iw_samples: u32,
     pub(crate) seed: u64,
+    /// The arithmetic of the products (f32 in checkpoints made before the choice existed).
+    #[serde(default)]
+    pub(crate) precision: vae_model::Precision,
     pub(crate) train_images: usize,
     pub(crate) test_images: usize,
     pub(crate) model: VaeConfig,

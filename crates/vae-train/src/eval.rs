@@ -54,6 +54,10 @@ pub struct EvalArgs {
     /// Seed of the importance samples
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Arithmetic of the two wide layers' products on the CPU: f32, or bf16 (operands
+    /// rounded to bfloat16, f32 accumulation; needs AVX-512 BF16)
+    #[arg(long, value_enum, default_value_t = vae_model::Precision::F32)]
+    pub precision: vae_model::Precision,
     /// --device: where the model runs
     #[command(flatten)]
     #[serde(flatten)]
@@ -160,6 +164,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     let vae = vae.with_likelihood(args.likelihood);
     let mut cpu_step = if device.is_cpu() { Some(CpuStep::new(vae.config(), &varmap)?) } else { None };
+    match cpu_step.as_mut() {
+        Some(step) => step.set_precision(args.precision)?,
+        None => ensure!(args.precision == vae_model::Precision::F32, "--precision bf16 needs --device cpu"),
+    }
     let mut test = load_split(&args.data.dir, SplitKind::Test).context("loading the test set")?;
     if let Some(n) = args.test_limit {
         test.truncate(n as usize);

@@ -32,7 +32,7 @@ use rand_distr::StandardNormal;
 pub use vae_data::run::SAMPLE_COUNT;
 use vae_data::run::{Machine, TrainConfigSummary, file};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split};
-use vae_model::{Vae, VaeConfig, init_varmap, save_tensors};
+use vae_model::{Precision, Vae, VaeConfig, init_varmap, save_tensors};
 
 use adam::{Adam, AdamConfig, named_vars};
 pub use args::TrainArgs;
@@ -129,6 +129,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
         ema: args.ema_decay(),
         iw_samples: args.iw_samples,
         seed: args.seed,
+        precision: args.precision,
         train_images: train.len(),
         test_images: test.len(),
         model: cfg.clone(),
@@ -141,6 +142,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     let mut adam = Adam::new(named_vars(&varmap)?, AdamConfig { lr: args.lr, ..AdamConfig::default() });
     let mut ema = args.ema_decay().map(|decay| Ema::new(decay, &sorted_vars(&varmap)?)).transpose()?;
     let mut cpu_step = if device.is_cpu() && !args.autograd { Some(CpuStep::new(&cfg, &varmap)?) } else { None };
+    match cpu_step.as_mut() {
+        Some(step) => step.set_precision(args.precision)?,
+        None => ensure!(args.precision == Precision::F32, "--precision bf16 needs the CPU step (--device cpu)"),
+    }
 
     let checkpoint = files.path(file::CHECKPOINT);
     let mut history = Vec::new();
@@ -257,6 +262,7 @@ fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -
     let summary = TrainConfigSummary {
         machine,
         threads_used: rayon::current_num_threads(),
+        precision: serde_json::to_value(args.precision)?.as_str().unwrap_or("f32").to_string(),
         inputs_sha256: fingerprint.inputs.iter().cloned().collect(),
     };
     let mut config = serde_json::json!({

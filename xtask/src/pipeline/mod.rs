@@ -80,6 +80,11 @@ pub fn stages(args: &PipelineArgs, run: &Path) -> Vec<Stage> {
             stage.extend(["--likelihood".into(), likelihood.clone()]);
         }
     }
+    if let Some(precision) = &args.precision {
+        for stage in [&mut train, &mut eval, &mut features] {
+            stage.extend(["--precision".into(), precision.clone()]);
+        }
+    }
     if let Some(t) = args.threads {
         train.extend(["--threads".into(), t.to_string()]);
     }
@@ -317,8 +322,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the stage binaries failed ({status})");
     }
-    let bin_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release");
+    let bin_dir = crate::release_dir();
 
     let mut results = Vec::new();
     for stage in stages(&args, &run) {
@@ -397,9 +401,10 @@ mod tests {
         }
     }
 
+    /// `--device` and `--precision` reach the three stages that run the model, no other.
     #[test]
-    fn device_reaches_the_model_stages_only() {
-        let args = |device: Option<&str>| PipelineArgs {
+    fn device_and_precision_reach_the_model_stages_only() {
+        let args = |device: Option<&str>, precision: Option<&str>| PipelineArgs {
             name: None,
             out: None,
             data: PathBuf::from("data/mnist"),
@@ -419,23 +424,27 @@ mod tests {
             ema: None,
             beta: None,
             kl_warmup_epochs: None,
+            precision: precision.map(String::from),
             threads: None,
             device: device.map(String::from),
             quick: true,
             force: false,
         };
-        let with_device = |device| -> Vec<&str> {
-            stages(&args(device), Path::new("/tmp/run"))
+        let with = |args: PipelineArgs, flag: &str, value: &str| -> Vec<&str> {
+            stages(&args, Path::new("/tmp/run"))
                 .into_iter()
-                .filter(|stage| stage.args.windows(2).any(|w| w[0] == "--device" && w[1] == "cuda:1"))
+                .filter(|stage| stage.args.windows(2).any(|w| w[0] == flag && w[1] == value))
                 .map(|stage| stage.name)
                 .collect()
         };
+        let with_device = |device| with(args(device, None), "--device", "cuda:1");
         assert_eq!(with_device(Some("cuda:1")), ["train", "eval", "latent-features"]);
         assert!(with_device(None).is_empty());
+        assert_eq!(with(args(None, Some("bf16")), "--precision", "bf16"), ["train", "eval", "latent-features"]);
+        assert!(with(args(None, None), "--precision", "bf16").is_empty());
         assert!(["cpu", "cuda", "cuda:1"].iter().all(|d| is_device_name(d)));
         assert!(["gpu", "cuda:", "cuda:x", "CPU"].iter().all(|d| !is_device_name(d)));
-        let cpu = stages(&args(Some("cpu")), Path::new("/tmp/run"));
+        let cpu = stages(&args(Some("cpu"), None), Path::new("/tmp/run"));
         assert!(cpu.iter().all(|stage| !stage.args.contains(&"--device".to_string())), "cpu is the default");
     }
 }

@@ -180,12 +180,20 @@ pub struct LatentFeaturesRecord {
     pub model_sha256: String,
     /// The columns: `mu-logvar` or `mu`.
     pub features: String,
+    /// The arithmetic of the encoder's wide product: `f32` (also in records made before
+    /// the choice existed) or `bf16`.
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// The dataset directory.
     pub data: std::path::PathBuf,
     /// The training split.
     pub train: EncodedSplit,
     /// The test split.
     pub test: EncodedSplit,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// The machine a run trained on: what its bits and its seconds depend on.
@@ -204,6 +212,10 @@ pub struct TrainConfigSummary {
     pub machine: Machine,
     /// Worker threads of the matrix kernels.
     pub threads_used: usize,
+    /// The arithmetic of the wide products: `f32` (also in files written before the
+    /// choice existed) or `bf16`.
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// SHA-256 of each decompressed input file, by file name.
     pub inputs_sha256: std::collections::BTreeMap<String, String>,
 }

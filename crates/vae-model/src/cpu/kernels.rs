@@ -4,6 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::bf16::{self, Operands};
 use super::products::{Mat, matmul, matmul_with, parallelism_for, product, sum_of_products};
 use super::{BatchLoss, Grads, Params};
 use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
@@ -24,9 +25,24 @@ const COLUMN_MAJOR_ROWS: usize = 128;
 /// 18432→512 layer that is 1.2–1.7× faster at batch 32 and 128 (it is slower at 512
 /// rows). For a widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
 /// there (AMD EPYC Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
-/// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md).
-pub(super) fn linear_forward(layer: &Layer, x: &[f32], p: Params, out: &mut [f32], b: usize, scratch: &mut Vec<f32>) {
+/// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md). With `bf16`, the
+/// product is [`bf16::matmul`]'s, its operands packed there.
+pub(super) fn linear_forward(
+    layer: &Layer,
+    x: &[f32],
+    p: Params,
+    out: &mut [f32],
+    (b, bf16): (usize, Option<&mut Operands>),
+    scratch: &mut Vec<f32>,
+) {
     let (n_out, n_in, relu) = (layer.outputs, layer.inputs, layer.relu);
+    if let Some(ops) = bf16 {
+        ops.a.set_rows(x, b, n_in);
+        ops.b.set_transposed(p.weight, n_out, n_in);
+        bf16::matmul(out, &ops.a, &ops.b, false);
+        add_bias(out, p.bias, 1, relu);
+        return;
+    }
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
     if b > COLUMN_MAJOR_ROWS || (n_in < n_out && !crate::machine::gemm_uses_avx512()) {
         matmul(out, x, weight_t, false);
@@ -59,25 +75,39 @@ fn add_bias(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
 
 /// Gradients of a linear layer from the gradient `g` `(b, out)` of its output and its
 /// input `x` `(b, in)`: the weight's and bias's into `grads`, the input's into `g_in` if
-/// given.
+/// given; with `bf16`, both products are [`bf16::matmul`]'s.
 pub(super) fn linear_backward(
     g: &[f32],
     x: &[f32],
     weight: &[f32],
     grads: &mut Grads,
     g_in: Option<&mut [f32]>,
-    b: usize,
+    (b, bf16): (usize, Option<&mut Operands>),
 ) {
     let (n_out, n_in) = (g.len() / b, x.len() / b);
-    matmul(&mut grads.weight, Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in), false);
+    match bf16 {
+        Some(ops) => {
+            ops.a.set_transposed(g, b, n_out);
+            ops.b.set_rows(x, b, n_in);
+            bf16::matmul(&mut grads.weight, &ops.a, &ops.b, false);
+            if let Some(g_in) = g_in {
+                ops.a.set_rows(g, b, n_out);
+                ops.b.set_rows(weight, n_out, n_in);
+                bf16::matmul(g_in, &ops.a, &ops.b, false);
+            }
+        }
+        None => {
+            matmul(&mut grads.weight, Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in), false);
+            if let Some(g_in) = g_in {
+                matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
+            }
+        }
+    }
     grads.bias.fill(0.0);
     for row in g.chunks_exact(n_out) {
         for (acc, v) in grads.bias.iter_mut().zip(row) {
             *acc += v;
         }
-    }
-    if let Some(g_in) = g_in {
-        matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
     }
 }
 

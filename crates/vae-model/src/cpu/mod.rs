@@ -13,6 +13,7 @@
 //! passes. candle's autograd stays the reference: tests compare every gradient with it.
 //! [`CpuStep::encode`] runs the encoder's half of the same forward pass.
 
+mod bf16;
 mod kernels;
 mod pass;
 mod products;
@@ -35,6 +36,22 @@ pub struct BatchLoss {
     pub bce: f64,
     /// KL divergence of the posteriors from N(0, I), summed over dimensions and images.
     pub kl: f64,
+}
+
+/// The arithmetic of the CPU step's products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Precision {
+    /// f32 throughout: the default, and the one whose bits repeat on one kind of CPU.
+    #[default]
+    F32,
+    /// The products of the two wide layers (the encoder's first fully-connected layer and
+    /// the decoder's last: three quarters of the work), forward and both gradients, with
+    /// their operands rounded to bfloat16 and f32 accumulation; the weights, the other
+    /// layers and the optimiser stay f32. Needs AVX-512 BF16
+    /// ([`crate::machine::has_avx512_bf16`]).
+    Bf16,
 }
 
 /// One layer's weight and bias values.
@@ -126,6 +143,26 @@ impl CpuStep {
         let times = &self.buf.times;
         let layers = self.table.all().into_iter().zip(times.layers.all()).map(|(l, [fwd, bwd])| (l.name, *fwd, *bwd));
         layers.chain(std::iter::once(("sampling+loss", times.loss[0], times.loss[1])))
+    }
+
+    /// Sets the arithmetic of the products of every later call; [`Precision::Bf16`] is
+    /// refused, with the CPU named, where the CPU lacks AVX-512 BF16.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Bf16 && !crate::machine::has_avx512_bf16() {
+            return Err(VaeError::Unsupported(format!(
+                "bf16 precision needs a CPU with AVX-512 BF16 (AMD Zen 4 or later, Intel Cooper Lake, \
+                 Sapphire Rapids or later); this one ({}) has {} kernels: use f32",
+                crate::machine::cpu_model(),
+                crate::machine::gemm_isa()
+            )));
+        }
+        self.buf.bf16 = (precision == Precision::Bf16).then(Default::default);
+        Ok(())
+    }
+
+    /// The arithmetic of the products ([`CpuStep::set_precision`]).
+    pub fn precision(&self) -> Precision {
+        if self.buf.bf16.is_some() { Precision::Bf16 } else { Precision::F32 }
     }
 
     /// Sets the weight β of the KL term in the objective whose gradients [`CpuStep::run`]

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::bf16::Operands;
 use super::kernels::{
     ImportanceSamples, Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward,
     iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
@@ -50,6 +51,9 @@ pub(super) struct Buffers {
     /// Each code's normalised importance weight over `B` (the importance-weighted
     /// objective only; empty for the VAE's).
     iw_weights: Vec<f32>,
+    /// Room for the bf16 operands of the two wide layers' products, under
+    /// [`super::Precision::Bf16`] (`None`: f32).
+    pub bf16: Option<Operands>,
     /// Seconds per part of the last call.
     pub times: Timings,
 }
@@ -112,15 +116,15 @@ impl Buffers {
             timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, cols1, w.conv1, a1));
             timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, cols2, w.conv2, a2));
         }
-        let s = &mut self.scratch;
+        let (s, wide) = (&mut self.scratch, self.bf16.as_mut());
         timed(&mut tm.enc_linear[FORWARD], || {
-            linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, b, s)
+            linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, (b, wide), s)
         });
         timed(&mut tm.enc_linear2[FORWARD], || {
-            linear_forward(&t.enc_linear2, &o.enc_linear, w.enc_linear2, &mut o.enc_linear2, b, s)
+            linear_forward(&t.enc_linear2, &o.enc_linear, w.enc_linear2, &mut o.enc_linear2, (b, None), s)
         });
-        timed(&mut tm.mu[FORWARD], || linear_forward(&t.mu, &o.enc_linear2, w.mu, &mut o.mu, b, s));
-        timed(&mut tm.var[FORWARD], || linear_forward(&t.var, &o.enc_linear2, w.var, &mut o.var, b, s));
+        timed(&mut tm.mu[FORWARD], || linear_forward(&t.mu, &o.enc_linear2, w.mu, &mut o.mu, (b, None), s));
+        timed(&mut tm.var[FORWARD], || linear_forward(&t.var, &o.enc_linear2, w.var, &mut o.var, (b, None), s));
     }
 
     /// The whole model: `x` and the noise `eps` (`samples` rows per image, image-major) to
@@ -155,13 +159,14 @@ impl Buffers {
     pub fn decode(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>) {
         let (o, tm, s) = (&mut self.out, &mut self.times.layers, &mut self.scratch);
         timed(&mut tm.dec_linear[FORWARD], || {
-            linear_forward(&t.dec_linear, &self.z, w.dec_linear, &mut o.dec_linear, b, s)
+            linear_forward(&t.dec_linear, &self.z, w.dec_linear, &mut o.dec_linear, (b, None), s)
         });
         timed(&mut tm.dec_linear2[FORWARD], || {
-            linear_forward(&t.dec_linear2, &o.dec_linear, w.dec_linear2, &mut o.dec_linear2, b, s)
+            linear_forward(&t.dec_linear2, &o.dec_linear, w.dec_linear2, &mut o.dec_linear2, (b, None), s)
         });
+        let wide = self.bf16.as_mut();
         timed(&mut tm.dec_linear3[FORWARD], || {
-            linear_forward(&t.dec_linear3, &o.dec_linear2, w.dec_linear3, &mut o.dec_linear3, b, s)
+            linear_forward(&t.dec_linear3, &o.dec_linear2, w.dec_linear3, &mut o.dec_linear3, (b, wide), s)
         });
         timed(&mut tm.deconv1[FORWARD], || deconv_forward(&t.deconv1, &o.dec_linear3, s, w.deconv1, &mut o.deconv1));
         timed(&mut tm.deconv2[FORWARD], || deconv_forward(&t.deconv2, &o.deconv1, s, w.deconv2, &mut o.deconv2));
@@ -232,17 +237,25 @@ impl Buffers {
         });
         timed(&mut tm.layers.dec_linear3[BACKWARD], || {
             let (g_out, g_in) = (&g.dec_linear3, &mut g.dec_linear2);
-            linear_backward(g_out, &o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3, Some(g_in), rows);
+            let wide = (rows, self.bf16.as_mut());
+            linear_backward(g_out, &o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3, Some(g_in), wide);
             relu_mask(g_in, &o.dec_linear2);
         });
         timed(&mut tm.layers.dec_linear2[BACKWARD], || {
             let (g_out, g_in) = (&g.dec_linear2, &mut g.dec_linear);
-            linear_backward(g_out, &o.dec_linear, w.dec_linear2.weight, &mut grads.dec_linear2, Some(g_in), rows);
+            linear_backward(
+                g_out,
+                &o.dec_linear,
+                w.dec_linear2.weight,
+                &mut grads.dec_linear2,
+                Some(g_in),
+                (rows, None),
+            );
             relu_mask(g_in, &o.dec_linear);
         });
         timed(&mut tm.layers.dec_linear[BACKWARD], || {
             let g_z = Some(&mut self.g_z[..]);
-            linear_backward(&g.dec_linear, &self.z, w.dec_linear.weight, &mut grads.dec_linear, g_z, rows);
+            linear_backward(&g.dec_linear, &self.z, w.dec_linear.weight, &mut grads.dec_linear, g_z, (rows, None));
         });
         timed(&mut tm.loss[BACKWARD], || {
             // The importance-weighted objective's prior term, −w̃ log p(z) / B, on each code.
@@ -263,22 +276,23 @@ impl Buffers {
             }
         });
         timed(&mut tm.layers.mu[BACKWARD], || {
-            linear_backward(&g.mu, &o.enc_linear2, w.mu.weight, &mut grads.mu, Some(&mut g.enc_linear2), b);
+            linear_backward(&g.mu, &o.enc_linear2, w.mu.weight, &mut grads.mu, Some(&mut g.enc_linear2), (b, None));
         });
         timed(&mut tm.layers.var[BACKWARD], || {
-            linear_backward(&g.var, &o.enc_linear2, w.var.weight, &mut grads.var, None, b);
+            linear_backward(&g.var, &o.enc_linear2, w.var.weight, &mut grads.var, None, (b, None));
             // The var layer's input gradient adds into the mu layer's.
             linear_input_gradient_add(&g.var, w.var.weight, &mut g.enc_linear2, b);
             relu_mask(&mut g.enc_linear2, &o.enc_linear2);
         });
         timed(&mut tm.layers.enc_linear2[BACKWARD], || {
             let (g_out, g_in) = (&g.enc_linear2, &mut g.enc_linear);
-            linear_backward(g_out, &o.enc_linear, w.enc_linear2.weight, &mut grads.enc_linear2, Some(g_in), b);
+            linear_backward(g_out, &o.enc_linear, w.enc_linear2.weight, &mut grads.enc_linear2, Some(g_in), (b, None));
             relu_mask(g_in, &o.enc_linear);
         });
         timed(&mut tm.layers.enc_linear[BACKWARD], || {
             let (g_out, g_in) = (&g.enc_linear, &mut g.conv2);
-            linear_backward(g_out, &o.conv2, w.enc_linear.weight, &mut grads.enc_linear, Some(g_in), b);
+            let wide = (b, self.bf16.as_mut());
+            linear_backward(g_out, &o.conv2, w.enc_linear.weight, &mut grads.enc_linear, Some(g_in), wide);
             relu_mask(g_in, &o.conv2);
         });
         timed(&mut tm.layers.conv2[BACKWARD], || {

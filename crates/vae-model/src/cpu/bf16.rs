@@ -1,0 +1,422 @@
+//! Matrix products in bfloat16 with f32 accumulation, for [`Precision::Bf16`]: AVX-512
+//! BF16's `vdpbf16ps` multiplies two pairs of bf16 values per f32 lane and adds both
+//! products to it, twice the multiply-adds per instruction of an f32 FMA.
+//!
+//! `C (m × n) = A (m × k) · B (k × n)` with both operands rounded to bf16 (to nearest,
+//! ties to even) and laid out for the kernel: A as rows of `k / 2` pairs ([`PairRows`]), B
+//! as panels of [`PANEL`] columns in which each pair of B's rows is interleaved
+//! ([`Panels`]). Each operand has two constructors, so that the forward product and both
+//! gradient products of a layer read its weight and activations in place.
+//!
+//! [`Precision::Bf16`]: crate::cpu::Precision::Bf16
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{
+    __m512bh, __m512i, __mmask16, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_shuffle_i32x4,
+    _mm512_storeu_si512, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
+};
+
+use rayon::prelude::*;
+
+/// Columns of B per panel: four 16-lane registers.
+const PANEL: usize = 64;
+/// Rows of A per micro-tile: 6 × 4 accumulators, 4 registers of B and a broadcast of A
+/// fit in the 32 vector registers.
+const MR: usize = 6;
+/// Pairs of the reduction per cache block: a panel's block of B is then 64 KB and a
+/// thread's block of A (up to 256 rows) 256 KB, both in a Zen 4 or Xeon core's L2.
+const KC_PAIRS: usize = 256;
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits; NaN stays NaN.
+fn bf16_bits(x: f32) -> u32 {
+    // Branch-free, so that the packing loops vectorise.
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    if x.is_nan() { (bits >> 16) | 0x40 } else { rounded }
+}
+
+/// Two values as one bf16 pair, `lo` in the low half (the lower reduction index).
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
+/// Kept room for the two operands of one product at a time.
+#[derive(Default)]
+pub(super) struct Operands {
+    /// The left operand.
+    pub a: PairRows,
+    /// The right operand.
+    pub b: Panels,
+}
+
+/// The left operand: `rows` rows of `pairs` bf16 pairs along the reduction.
+#[derive(Default)]
+pub(super) struct PairRows {
+    data: Vec<u32>,
+    rows: usize,
+    pairs: usize,
+}
+
+impl PairRows {
+    /// `A = x`, `x` row-major `rows × k` (an odd `k` is padded with a zero).
+    pub fn set_rows(&mut self, x: &[f32], rows: usize, k: usize) {
+        self.reshape(rows, k);
+        let pairs = self.pairs;
+        self.data.par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, row)| {
+            let (whole, rest) = row.split_at(k / 2 * 2);
+            for (d, v) in dst.iter_mut().zip(whole.chunks_exact(2)) {
+                *d = pair(v[0], v[1]);
+            }
+            if let (Some(d), [last]) = (dst.last_mut(), rest) {
+                *d = pair(*last, 0.0);
+            }
+        });
+    }
+
+    /// `A = gᵀ`, `g` row-major `k × rows`.
+    pub fn set_transposed(&mut self, g: &[f32], k: usize, rows: usize) {
+        self.reshape(rows, k);
+        let pairs = self.pairs;
+        // 64 rows of A at a time: reads of 64 contiguous values, writes within 64 · pairs.
+        self.data.par_chunks_mut(64 * pairs).enumerate().for_each(|(block, dst)| {
+            let r0 = block * 64;
+            let n = dst.len() / pairs;
+            for p in 0..pairs {
+                let lo = &g[2 * p * rows + r0..][..n];
+                let hi = (2 * p + 1 < k).then(|| &g[(2 * p + 1) * rows + r0..][..n]);
+                for (r, lo) in lo.iter().enumerate() {
+                    dst[r * pairs + p] = pair(*lo, hi.map_or(0.0, |hi| hi[r]));
+                }
+            }
+        });
+    }
+
+    fn reshape(&mut self, rows: usize, k: usize) {
+        (self.rows, self.pairs) = (rows, k.div_ceil(2));
+        self.data.resize(rows * self.pairs, 0);
+    }
+}
+
+/// The right operand, `k × n`: panels of [`PANEL`] columns (the last padded with zeros),
+/// each `pairs × PANEL` pairs, pair `p` of column `c` holding rows `2p` and `2p + 1`.
+#[derive(Default)]
+pub(super) struct Panels {
+    data: Vec<u32>,
+    pairs: usize,
+    cols: usize,
+}
+
+impl Panels {
+    /// `B = wᵀ`, `w` row-major `n × k` (a linear layer's weight in its forward product).
+    pub fn set_transposed(&mut self, w: &[f32], n: usize, k: usize) {
+        self.reshape(k, n);
+        let pairs = self.pairs;
+        // Blocks of 16 columns × 16 pairs: 16 rows of `w` read, one 16 × 16 transpose.
+        self.data.par_chunks_mut(pairs * PANEL).enumerate().for_each(|(panel, dst)| {
+            for block in (0..pairs).step_by(16) {
+                for group in (0..PANEL).step_by(16) {
+                    let c = panel * PANEL + group;
+                    #[cfg(target_arch = "x86_64")]
+                    if c + 16 <= n && 2 * block + 32 <= k {
+                        // SAFETY: the CPU has AVX-512 F and BF16 (only bf16 products pack
+                        // operands); rows `c..c + 16` of `w` hold values `2 · block..+ 32`,
+                        // and `dst` pairs `block..+16` of lanes `group..+16`.
+                        unsafe { transpose_16x16(&w[c * k + 2 * block..], k, &mut dst[block * PANEL + group..]) };
+                        continue;
+                    }
+                    for lane in group..group + 16 {
+                        let c = panel * PANEL + lane;
+                        let at = |i: usize| if c < n && i < k { w[c * k + i] } else { 0.0 };
+                        for p in block..(block + 16).min(pairs) {
+                            dst[p * PANEL + lane] = pair(at(2 * p), at(2 * p + 1));
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// `B = b`, `b` row-major `k × n` (a weight in its input-gradient product, or the
+    /// activations in a weight gradient).
+    pub fn set_rows(&mut self, b: &[f32], k: usize, n: usize) {
+        self.reshape(k, n);
+        let (pairs, panels) = (self.pairs, n.div_ceil(PANEL));
+        // Each thread takes a run of pairs, reading the two rows of each whole.
+        let chunk = pairs.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+        let dst = SharedOut(self.data.as_mut_ptr());
+        (0..pairs).into_par_iter().with_min_len(chunk).for_each(|p| {
+            let row = |i: usize| if i < k { &b[i * n..(i + 1) * n] } else { &[] };
+            let (lo, hi) = (row(2 * p), row(2 * p + 1));
+            for panel in 0..panels {
+                // SAFETY: pair `p` of each panel is written by this iteration alone, and
+                // lies inside the `panels · pairs · PANEL` values `reshape` sized.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.at((panel * pairs + p) * PANEL), PANEL) };
+                let c0 = panel * PANEL;
+                if c0 + PANEL <= n && !hi.is_empty() {
+                    for ((d, lo), hi) in out.iter_mut().zip(&lo[c0..c0 + PANEL]).zip(&hi[c0..c0 + PANEL]) {
+                        *d = pair(*lo, *hi);
+                    }
+                } else {
+                    for (lane, d) in out.iter_mut().enumerate() {
+                        let at = |r: &[f32]| r.get(c0 + lane).copied().unwrap_or(0.0);
+                        *d = pair(at(lo), at(hi));
+                    }
+                }
+            }
+        });
+    }
+
+    fn reshape(&mut self, k: usize, n: usize) {
+        (self.pairs, self.cols) = (k.div_ceil(2), n);
+        self.data.resize(self.cols.div_ceil(PANEL) * self.pairs * PANEL, 0);
+    }
+}
+
+/// A pointer that threads writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut u32);
+
+// SAFETY: the buffer outlives the parallel loop, and each index is written by one thread.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, i: usize) -> *mut u32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Sixteen rows of `w` (stride `k`), 32 values each, as bf16 pairs, transposed into
+/// `dst`: pair `p` of row `r` to `dst[p · PANEL + r]`.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16; `w` holds `15 · k + 32` values and `dst`
+/// `15 · PANEL + 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn transpose_16x16(w: &[f32], k: usize, dst: &mut [u32]) {
+    assert!(w.len() >= 15 * k + 32 && dst.len() >= 15 * PANEL + 16);
+    // SAFETY: inside `w` by the assertion; a plain reinterpretation of 512 bits.
+    let r: [__m512i; 16] = std::array::from_fn(|i| unsafe {
+        let row = w.as_ptr().add(i * k);
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+            _mm512_loadu_ps(row.add(16)),
+            _mm512_loadu_ps(row),
+        ))
+    });
+    // 32-bit, then 64-bit interleaves within 128-bit lanes, then two 128-bit shuffles.
+    let t: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+    });
+    // u[4q + e] holds element 4L + e of rows 4q..4q+4 in each 128-bit lane L.
+    let u: [__m512i; 16] = std::array::from_fn(|i| {
+        let (q, e) = (i / 4, i % 4);
+        let (a, b) = (t[4 * q + e / 2], t[4 * q + e / 2 + 2]);
+        if e % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+    });
+    let v: [__m512i; 16] = std::array::from_fn(|i| {
+        let (half, j) = (i / 8, i % 8);
+        let (a, b) = (u[8 * half + j % 4], u[8 * half + j % 4 + 4]);
+        if j < 4 { _mm512_shuffle_i32x4::<0x88>(a, b) } else { _mm512_shuffle_i32x4::<0xdd>(a, b) }
+    });
+    for e in 0..4 {
+        let columns = [
+            (e, _mm512_shuffle_i32x4::<0x88>(v[e], v[8 + e])),
+            (8 + e, _mm512_shuffle_i32x4::<0xdd>(v[e], v[8 + e])),
+            (4 + e, _mm512_shuffle_i32x4::<0x88>(v[4 + e], v[12 + e])),
+            (12 + e, _mm512_shuffle_i32x4::<0xdd>(v[4 + e], v[12 + e])),
+        ];
+        for (p, column) in columns {
+            // SAFETY: 16 values at `p · PANEL`, inside `dst` by the assertion.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(p * PANEL).cast(), column) };
+        }
+    }
+}
+
+/// `c (m × n, row-major) = a · b`, or `+= a · b` when `accumulate`; the rows of `c` are
+/// split between the cores. Needs AVX-512 F and BF16 ([`crate::machine::has_avx512_bf16`]).
+pub(super) fn matmul(c: &mut [f32], a: &PairRows, b: &Panels, accumulate: bool) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(a.pairs == b.pairs && c.len() == m * n, "bf16 matmul: shapes do not match");
+    assert!(crate::machine::has_avx512_bf16(), "bf16 matmul without AVX-512 BF16");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let rows_per_thread = m.div_ceil(rayon::current_num_threads().max(1)).div_ceil(MR) * MR;
+    c.par_chunks_mut(rows_per_thread * n).enumerate().for_each(|(t, c)| {
+        let first = t * rows_per_thread;
+        let a_rows = &a.data[first * a.pairs..(first + c.len() / n) * a.pairs];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F and BF16 were checked above; `block` reads and writes only
+        // inside the slices it is given (see there).
+        unsafe {
+            block(c, n, a_rows, a.pairs, b, accumulate)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("bf16 products are x86-64 only: {}", a_rows.len() + accumulate as usize)
+    });
+}
+
+/// [`matmul`] on a run of rows: `a` holds them (`pairs` each), `c` their outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn block(c: &mut [f32], n: usize, a: &[u32], pairs: usize, b: &Panels, accumulate: bool) {
+    let rows = c.len() / n;
+    for k0 in (0..pairs).step_by(KC_PAIRS) {
+        let kc = KC_PAIRS.min(pairs - k0);
+        let load = accumulate || k0 > 0;
+        for panel in 0..n.div_ceil(PANEL) {
+            let b_block = &b.data[(panel * pairs + k0) * PANEL..][..kc * PANEL];
+            let valid = (n - panel * PANEL).min(PANEL);
+            let masks: [__mmask16; 4] = std::array::from_fn(|j| {
+                let lanes = valid.saturating_sub(16 * j).min(16);
+                ((1u32 << lanes) - 1) as __mmask16
+            });
+            for r0 in (0..rows).step_by(MR) {
+                let tile = Tile { a: &a[r0 * pairs + k0..], a_stride: pairs, b: b_block, pairs: kc };
+                let out = &mut c[r0 * n + panel * PANEL..];
+                // SAFETY: the target features are this function's; `micro_tile`'s bounds
+                // hold: `rows - r0` rows of `a` and `out` remain, with strides `pairs`
+                // and `n`, and the masks stop at `valid` columns of each output row.
+                unsafe {
+                    match rows - r0 {
+                        1 => micro_tile::<1>(tile, out, n, masks, load),
+                        2 => micro_tile::<2>(tile, out, n, masks, load),
+                        3 => micro_tile::<3>(tile, out, n, masks, load),
+                        4 => micro_tile::<4>(tile, out, n, masks, load),
+                        5 => micro_tile::<5>(tile, out, n, masks, load),
+                        _ => micro_tile::<MR>(tile, out, n, masks, load),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The operands of one micro-tile: rows of A from `a` (stride `a_stride` pairs), a
+/// panel's block of B, `pairs` deep.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    a: &'a [u32],
+    a_stride: usize,
+    b: &'a [u32],
+    pairs: usize,
+}
+
+/// `R` rows × 64 columns of the output: `out[r * stride + col] (+)= Σ_p a[r, p] · b[p, col]`
+/// for the columns whose mask bit is set, loading the old values first when `load`.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16; `t.a` holds `(R − 1) · t.a_stride + t.pairs` values,
+/// `t.b` `t.pairs · 64`, and `out` has the masked columns of `R` rows of stride `stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_tile<const R: usize>(t: Tile, out: &mut [f32], stride: usize, masks: [__mmask16; 4], load: bool) {
+    debug_assert!(t.a.len() >= (R - 1) * t.a_stride + t.pairs && t.b.len() >= t.pairs * PANEL);
+    let out = out.as_mut_ptr();
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    if load {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: masked lanes only, inside row `r` of `out` (the caller's bounds).
+                *acc = unsafe { _mm512_maskz_loadu_ps(masks[j], out.add(r * stride + 16 * j)) };
+            }
+        }
+    }
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    for p in 0..t.pairs {
+        // SAFETY: pair `p < t.pairs` of the block, 64 values, inside `t.b`.
+        let bv: [__m512bh; 4] = std::array::from_fn(|j| unsafe {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add(p * PANEL + 16 * j).cast()))
+        });
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row `r < R`, pair `p < t.pairs`: inside `t.a`.
+            let av = unsafe { *a.add(r * t.a_stride + p) };
+            // SAFETY: a plain reinterpretation of 16 lanes of 32 bits.
+            let av = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(av as i32)) };
+            for (acc, bv) in acc.iter_mut().zip(bv) {
+                *acc = _mm512_dpbf16_ps(*acc, av, bv);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (j, acc) in acc.iter().enumerate() {
+            // SAFETY: masked lanes only, as above.
+            unsafe { _mm512_mask_storeu_ps(out.add(r * stride + 16 * j), masks[j], *acc) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// Rounding to bf16 is to nearest, ties to even, as the CPU's conversion.
+    #[test]
+    fn rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80); // a tie, to even
+        assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82); // a tie, to even
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
+    }
+
+    /// Every layout and edge (odd `k`, partial panels and tiles, accumulation, several
+    /// cache blocks) gives the product of the bf16-rounded operands, within the bound of
+    /// f32 summation round-off (`k · ε · Σ |a·b|`).
+    #[test]
+    fn products_match_the_rounded_operands() {
+        if !crate::machine::has_avx512_bf16() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+            return;
+        }
+        let round = |v: &[f32]| v.iter().map(|&x| f32::from_bits(bf16_bits(x) << 16)).collect::<Vec<_>>();
+        for (m, k, n) in [(7, 5, 3), (13, 600, 130), (32, 1100, 64), (70, 33, 70), (1, 2, 1)] {
+            let (x, w, g) = (values(m * k, 1), values(n * k, 2), values(k * m, 3));
+            let (xr, wr, gr) = (round(&x), round(&w), round(&g));
+            let start = values(m * n, 4);
+            let (mut a, mut b) = (PairRows::default(), Panels::default());
+            for layout in 0..4 {
+                // A = x or gᵀ; B = wᵀ or w read as k × n.
+                let a_at = |i: usize, p: usize| if layout % 2 == 0 { xr[i * k + p] } else { gr[p * m + i] };
+                let b_at = |p: usize, j: usize| if layout < 2 { wr[j * k + p] } else { wr[p * n + j] };
+                if layout % 2 == 0 {
+                    a.set_rows(&x, m, k)
+                } else {
+                    a.set_transposed(&g, k, m)
+                }
+                if layout < 2 {
+                    b.set_transposed(&w, n, k)
+                } else {
+                    b.set_rows(&w, k, n)
+                }
+                let mut c = start.clone();
+                matmul(&mut c, &a, &b, layout == 3);
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|p| f64::from(a_at(i, p)) * f64::from(b_at(p, j)));
+                        let (exact, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                        let exact = exact + if layout == 3 { f64::from(start[i * n + j]) } else { 0.0 };
+                        let (got, bound) =
+                            (f64::from(c[i * n + j]), (k + 1) as f64 * f64::from(f32::EPSILON) * (size + 1.0));
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "{m}x{k}x{n} layout {layout} ({i}, {j}): {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
