@@ -5,7 +5,11 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bf16::{self, Operands};
-use super::products::{Mat, matmul, matmul_with, parallelism_for, product, sum_of_products};
+use super::products::{Mat, matmul, matmul_faer, matmul_with, parallelism_for, product, sum_of_products};
+
+/// Products that reduce over at least this many values go through [`matmul_faer`] where
+/// measured faster: the encoder's forward product and the decoder's input gradient.
+const LONG_REDUCTION: usize = 4096;
 use super::{BatchLoss, Grads, Params};
 use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
 
@@ -19,11 +23,12 @@ pub(super) fn columns_len(layer: &Layer) -> usize {
 /// Batches of at most this many rows go through [`linear_forward`]'s column-major product.
 const COLUMN_MAJOR_ROWS: usize = 128;
 
-/// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. For up to
+/// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. A narrowing layer with
+/// a [`LONG_REDUCTION`] (18432→512) goes through faer, about twice gemm's speed at batch
+/// 128 and at 512 rows (AMD EPYC Zen 4, 2026-12-04). Otherwise, for up to
 /// [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch` and
-/// transposed back: gemm then reads the weight in place instead of packing it. For the
-/// 18432→512 layer that is 1.2–1.7× faster at batch 32 and 128 (it is slower at 512
-/// rows). For a widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
+/// transposed back: gemm then reads the weight in place instead of packing it. For a
+/// widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
 /// there (AMD EPYC Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
 /// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md). With `bf16`, the
 /// product is [`bf16::matmul`]'s, its operands packed there.
@@ -44,6 +49,11 @@ pub(super) fn linear_forward(
         return;
     }
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
+    if n_in > n_out && n_in >= LONG_REDUCTION {
+        matmul_faer(out, x, weight_t);
+        add_bias(out, p.bias, 1, relu);
+        return;
+    }
     if b > COLUMN_MAJOR_ROWS || (n_in < n_out && !crate::machine::gemm_uses_avx512()) {
         matmul(out, x, weight_t, false);
         add_bias(out, p.bias, 1, relu);
@@ -99,7 +109,11 @@ pub(super) fn linear_backward(
         None => {
             matmul(&mut grads.weight, Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in), false);
             if let Some(g_in) = g_in {
-                matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
+                if n_out >= LONG_REDUCTION {
+                    matmul_faer(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in));
+                } else {
+                    matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
+                }
             }
         }
     }

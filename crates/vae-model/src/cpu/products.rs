@@ -81,6 +81,22 @@ pub(super) fn product(dst: &mut [f32], column_major: bool, a: Mat, b: Mat, accum
     }
 }
 
+/// `dst (row-major) = a · b` by faer's matmul (its own x86 kernels, on all cores): faster
+/// than gemm's on the thin products with a long reduction of the two wide layers
+/// (BENCHMARKS.md), and on the shapes measured the same bits.
+pub(super) fn matmul_faer<'a>(dst: &mut [f32], a: Mat<'a>, b: Mat<'a>) {
+    assert!(b.rows == a.cols && dst.len() == a.rows * b.cols && a.fits() && b.fits(), "matmul: shapes do not match");
+    let view = |m: Mat<'a>| {
+        if m.col_stride == 1 {
+            faer::MatRef::from_row_major_slice_with_stride(m.data, m.rows, m.cols, m.row_stride)
+        } else {
+            faer::MatRef::from_row_major_slice_with_stride(m.data, m.cols, m.rows, m.col_stride).transpose()
+        }
+    };
+    let dst = faer::MatMut::from_row_major_slice_mut(dst, a.rows, b.cols);
+    faer::linalg::matmul::matmul(dst, faer::Accum::Replace, view(a), view(b), 1.0, faer::Par::rayon(0));
+}
+
 /// `dst = Σ_{i < n} a_i · b_i` over the cores: each worker sums a contiguous run of the
 /// products into its own buffer, and the buffers are added at the end.
 pub(super) fn sum_of_products<'a>(dst: &mut [f32], n: usize, product: impl Fn(usize) -> (Mat<'a>, Mat<'a>) + Sync) {
