@@ -7,8 +7,9 @@ use rayon::prelude::*;
 use super::bf16::{self, Operands};
 use super::products::{Mat, matmul, matmul_faer, matmul_with, parallelism_for, product, sum_of_products};
 
-/// Products that reduce over at least this many values go through [`matmul_faer`] where
-/// measured faster: the encoder's forward product and the decoder's input gradient.
+/// Forward products of more than [`COLUMN_MAJOR_ROWS`] rows that reduce over at least
+/// this many values (the encoder's 18432→512 layer on `encode`'s 512-image chunks) go
+/// through [`matmul_faer`].
 const LONG_REDUCTION: usize = 4096;
 use super::{BatchLoss, Grads, Params};
 use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
@@ -24,8 +25,9 @@ pub(super) fn columns_len(layer: &Layer) -> usize {
 const COLUMN_MAJOR_ROWS: usize = 128;
 
 /// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. A narrowing layer with
-/// a [`LONG_REDUCTION`] (18432→512) goes through faer, about twice gemm's speed at batch
-/// 128 and at 512 rows (AMD EPYC Zen 4, 2026-12-04). Otherwise, for up to
+/// a [`LONG_REDUCTION`] on more than [`COLUMN_MAJOR_ROWS`] rows goes through faer: the
+/// encoder on 500 images takes 68–91 instead of 108–120 ms (AMD EPYC Zen 4, idle,
+/// 2026-12-04; in the training step faer gained nothing). Otherwise, for up to
 /// [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch` and
 /// transposed back: gemm then reads the weight in place instead of packing it. For a
 /// widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
@@ -49,7 +51,7 @@ pub(super) fn linear_forward(
         return;
     }
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
-    if n_in > n_out && n_in >= LONG_REDUCTION {
+    if n_in > n_out && n_in >= LONG_REDUCTION && b > COLUMN_MAJOR_ROWS {
         matmul_faer(out, x, weight_t);
         add_bias(out, p.bias, 1, relu);
         return;
@@ -109,11 +111,7 @@ pub(super) fn linear_backward(
         None => {
             matmul(&mut grads.weight, Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in), false);
             if let Some(g_in) = g_in {
-                if n_out >= LONG_REDUCTION {
-                    matmul_faer(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in));
-                } else {
-                    matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
-                }
+                matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
             }
         }
     }

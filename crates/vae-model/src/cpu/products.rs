@@ -82,8 +82,8 @@ pub(super) fn product(dst: &mut [f32], column_major: bool, a: Mat, b: Mat, accum
 }
 
 /// `dst (row-major) = a · b` by faer's matmul (its own x86 kernels, on all cores): faster
-/// than gemm's on the thin products with a long reduction of the two wide layers
-/// (BENCHMARKS.md), and on the shapes measured the same bits.
+/// than gemm's on the encoder's 512-row chunks (BENCHMARKS.md), and on the shapes
+/// measured the same bits.
 pub(super) fn matmul_faer<'a>(dst: &mut [f32], a: Mat<'a>, b: Mat<'a>) {
     assert!(b.rows == a.cols && dst.len() == a.rows * b.cols && a.fits() && b.fits(), "matmul: shapes do not match");
     let view = |m: Mat<'a>| {

@@ -232,3 +232,23 @@ fn bf16_precision_stays_near_f32() {
     step.set_precision(Precision::F32).unwrap();
     assert_eq!(step.run(&pixels, &eps).unwrap(), f32_loss, "back to f32, the same bits");
 }
+
+/// The reference's model on more images than a training batch: the encoder's wide
+/// product then runs through faer (`linear_forward`), and still matches candle.
+#[test]
+fn encode_of_a_large_chunk_matches_candle() {
+    let cfg = VaeConfig::default();
+    let varmap = VarMap::new();
+    init_varmap(&varmap, &cfg, 6, &Device::Cpu).unwrap();
+    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let n = 200;
+    let pixels = mnist_images(n);
+    let x = Tensor::from_vec(pixels.clone(), (n, 1, 28, 28), &Device::Cpu).unwrap();
+    let (mu, logvar) = vae.encode(&x).unwrap();
+    let (our_mu, our_logvar) = CpuStep::new(&cfg, &varmap).unwrap().encode(&pixels).unwrap();
+    for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
+    }
+}
