@@ -67,8 +67,8 @@ def mnist_images(directory, n):
     """The first n training images of an MNIST directory, (n, 1, 28, 28) in [0, 1]."""
     with gzip.open(os.path.join(directory, "train-images-idx3-ubyte.gz")) as f:
         magic, count, rows, cols = struct.unpack(">IIII", f.read(16))
-        if magic != 2051:
-            raise SystemExit(f"{directory}: not an IDX image file (magic {magic})")
+        if magic != 2051 or (rows, cols) != (28, 28):
+            raise SystemExit(f"{directory}: not an IDX file of 28x28 images (magic {magic}, {rows}x{cols})")
         n = min(n, count)
         pixels = bytearray(f.read(n * rows * cols))
     return torch.frombuffer(pixels, dtype=torch.uint8).float().div(255).view(n, 1, rows, cols)

@@ -164,7 +164,7 @@ pub fn run(args: &LatentArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         model_sha256: vae_data::sha256_file(&args.model)?,
         features: args.features.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string()),
-        precision: args.precision.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string()),
+        precision: args.precision.name().to_string(),
         data: args.data.dir.clone(),
         train,
         test,

@@ -262,7 +262,7 @@ fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -
     let summary = TrainConfigSummary {
         machine,
         threads_used: rayon::current_num_threads(),
-        precision: serde_json::to_value(args.precision)?.as_str().unwrap_or("f32").to_string(),
+        precision: args.precision.name().to_string(),
         inputs_sha256: fingerprint.inputs.iter().cloned().collect(),
     };
     let mut config = serde_json::json!({

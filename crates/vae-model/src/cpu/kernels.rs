@@ -6,13 +6,13 @@ use rayon::prelude::*;
 
 use super::bf16::{self, Operands};
 use super::products::{Mat, matmul, matmul_faer, matmul_with, parallelism_for, product, sum_of_products};
+use super::{BatchLoss, Grads, Params};
+use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
 
 /// Forward products of more than [`COLUMN_MAJOR_ROWS`] rows that reduce over at least
 /// this many values (the encoder's 18432→512 layer on `encode`'s 512-image chunks) go
 /// through [`matmul_faer`].
 const LONG_REDUCTION: usize = 4096;
-use super::{BatchLoss, Grads, Params};
-use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
 
 const KK: usize = KERNEL * KERNEL;
 

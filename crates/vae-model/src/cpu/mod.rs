@@ -54,6 +54,16 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// Its name as the flags and the run records spell it: `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
 /// One layer's weight and bias values.
 #[derive(Clone, Copy)]
 struct Params<'a> {

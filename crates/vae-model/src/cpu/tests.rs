@@ -191,6 +191,10 @@ fn bf16_precision_stays_near_f32() {
     init_varmap(&varmap, &cfg, 3, &Device::Cpu).unwrap();
     let mut step = CpuStep::new(&cfg, &varmap).unwrap();
     assert_eq!(step.precision(), Precision::F32);
+    // The names the flags and records use, as serde spells them.
+    for p in [Precision::F32, Precision::Bf16] {
+        assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+    }
     if !crate::machine::has_avx512_bf16() {
         let err = step.set_precision(Precision::Bf16).unwrap_err().to_string();
         assert!(err.contains("AVX-512 BF16") && err.contains(&crate::machine::cpu_model()), "{err}");
