@@ -33,8 +33,9 @@ pub fn cpu_model() -> String {
 }
 
 /// The widest vector instruction set the `gemm` crate (candle's and the CPU step's matrix
-/// products) dispatches to on this CPU at run time: `AVX-512` (its x86-v4 kernels,
-/// needing AVX-512 F/BW/CD/DQ/VL), `AVX2+FMA` (x86-v3), or `baseline`.
+/// products) dispatches to on this CPU at run time, and the CPU step's direct
+/// convolutions with it: `AVX-512` (its x86-v4 kernels, needing AVX-512 F/BW/CD/DQ/VL),
+/// `AVX2+FMA` (x86-v3), or `baseline` (scalar convolutions).
 pub fn gemm_isa() -> &'static str {
     if gemm_uses_avx512() {
         return "AVX-512";

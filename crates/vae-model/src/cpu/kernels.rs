@@ -1,34 +1,26 @@
 //! The layers' forward and backward kernels on batches, and the loss gradient: each
 //! product through [`super::products`], bias, ReLU and sums fused into single passes.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bf16::{self, Operands};
-use super::products::{Mat, matmul, matmul_faer, matmul_with, parallelism_for, product, sum_of_products};
+use super::products::{Mat, matmul, matmul_faer, parallelism_for, product};
 use super::{BatchLoss, Grads, Params};
-use crate::{KERNEL, Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad, col2im_add, im2col};
+use crate::{Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 
-/// Forward products of more than [`COLUMN_MAJOR_ROWS`] rows that reduce over at least
-/// this many values (the encoder's 18432→512 layer on `encode`'s 512-image chunks) go
-/// through [`matmul_faer`].
+/// Forward products of at least [`COLUMN_MAJOR_ROWS`] rows that reduce over at least
+/// this many values (the encoder's 18432→512 layer at batch 128 and on `encode`'s
+/// 512-image chunks) go through [`matmul_faer`].
 const LONG_REDUCTION: usize = 4096;
-
-const KK: usize = KERNEL * KERNEL;
-
-/// Values of one image's im2col columns for convolution `layer`: `(in·k·k, side'²)`.
-pub(super) fn columns_len(layer: &Layer) -> usize {
-    layer.inputs * KK * layer.output_side().pow(2)
-}
 
 /// Batches of at most this many rows go through [`linear_forward`]'s column-major product.
 const COLUMN_MAJOR_ROWS: usize = 128;
 
 /// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. A narrowing layer with
-/// a [`LONG_REDUCTION`] on more than [`COLUMN_MAJOR_ROWS`] rows goes through faer: the
-/// encoder on 500 images takes 68–91 instead of 108–120 ms (AMD EPYC Zen 4, idle,
-/// 2026-12-04; in the training step faer gained nothing). Otherwise, for up to
-/// [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch` and
+/// a [`LONG_REDUCTION`] on at least [`COLUMN_MAJOR_ROWS`] rows goes through faer: the
+/// encoder on 500 images takes 68–91 instead of 108–120 ms, the forward product at batch
+/// 128 15–22 instead of 21–23 ms (AMD EPYC Zen 4, 2026-12-04). Otherwise, for fewer
+/// rows, the product is computed column-major into `scratch` and
 /// transposed back: gemm then reads the weight in place instead of packing it. For a
 /// widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
 /// there (AMD EPYC Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
@@ -51,7 +43,7 @@ pub(super) fn linear_forward(
         return;
     }
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
-    if n_in > n_out && n_in >= LONG_REDUCTION && b > COLUMN_MAJOR_ROWS {
+    if n_in > n_out && n_in >= LONG_REDUCTION && b >= COLUMN_MAJOR_ROWS {
         matmul_faer(out, x, weight_t);
         add_bias(out, p.bias, 1, relu);
         return;
@@ -139,124 +131,6 @@ pub(super) fn relu_mask(g: &mut [f32], act: &[f32]) {
             }
         }
     });
-}
-
-/// Convolution `layer` and its ReLU on a batch `x` of input images: keeps each image's
-/// columns ([`columns_len`]) in `cols` for the backward pass.
-pub(super) fn conv_forward(layer: &Layer, x: &[f32], cols: &mut [f32], p: Params, out: &mut [f32]) {
-    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
-    let (n_out, ckk, hw) = (layer.outputs, c * KK, so * so);
-    cols.par_chunks_mut(ckk * hw).zip(x.par_chunks(c * s * s)).zip(out.par_chunks_mut(n_out * hw)).for_each(
-        |((cols, img), out)| {
-            im2col(img, (c, s, s), KERNEL, cols);
-            matmul_with(out, Mat::rows(p.weight, n_out, ckk), Mat::rows(cols, ckk, hw), false, Parallelism::None);
-            add_bias(out, p.bias, hw, layer.relu);
-        },
-    );
-}
-
-/// Gradients of a [`conv_forward`] layer from `g`, the gradient of its output (already
-/// masked by the ReLU), and the saved columns: weight and bias into `grads`, the input's
-/// into `g_in` if given.
-pub(super) fn conv_backward(
-    layer: &Layer,
-    g: &[f32],
-    cols: &[f32],
-    scratch: &mut [f32],
-    weight: &[f32],
-    grads: &mut Grads,
-    g_in: Option<&mut [f32]>,
-) {
-    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
-    let (n_out, ckk, hw) = (layer.outputs, c * KK, so * so);
-    let b = g.len() / (n_out * hw);
-    // dW = Σ_b g_b (out × hw) · cols_bᵀ (hw × ckk)
-    sum_of_products(&mut grads.weight, b, |i| {
-        (
-            Mat::rows(&g[i * n_out * hw..(i + 1) * n_out * hw], n_out, hw),
-            Mat::rows(&cols[i * ckk * hw..(i + 1) * ckk * hw], ckk, hw).t(),
-        )
-    });
-    channel_sums(g, n_out, hw, &mut grads.bias);
-    if let Some(g_in) = g_in {
-        // dcols_b = Wᵀ (ckk × out) · g_b, then summed back into the image.
-        let scratch = &mut scratch[..b * ckk * hw];
-        scratch.par_chunks_mut(ckk * hw).zip(g.par_chunks(n_out * hw)).zip(g_in.par_chunks_mut(c * s * s)).for_each(
-            |((dcols, g), g_in)| {
-                matmul_with(
-                    dcols,
-                    Mat::rows(weight, n_out, ckk).t(),
-                    Mat::rows(g, n_out, hw),
-                    false,
-                    Parallelism::None,
-                );
-                g_in.fill(0.0);
-                col2im_add(dcols, (c, s, s), KERNEL, g_in);
-            },
-        );
-    }
-}
-
-/// Transposed convolution `layer` (and its ReLU, if any) on a batch `x` of input images.
-pub(super) fn deconv_forward(layer: &Layer, x: &[f32], scratch: &mut [f32], p: Params, out: &mut [f32]) {
-    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
-    let (n_out, hw) = (layer.outputs, s * s);
-    let okk = n_out * KK;
-    let b = x.len() / (c * hw);
-    let scratch = &mut scratch[..b * okk * hw];
-    scratch.par_chunks_mut(okk * hw).zip(x.par_chunks(c * hw)).zip(out.par_chunks_mut(n_out * so * so)).for_each(
-        |((cols, x), out)| {
-            // cols (out·k·k × hw) = Wᵀ · x_b, W being (c × out·k·k)
-            matmul_with(cols, Mat::rows(p.weight, c, okk).t(), Mat::rows(x, c, hw), false, Parallelism::None);
-            out.fill(0.0);
-            col2im_add(cols, (n_out, so, so), KERNEL, out);
-            add_bias(out, p.bias, so * so, layer.relu);
-        },
-    );
-}
-
-/// Gradients of a [`deconv_forward`] layer from `g`, the gradient of its output, and its
-/// input `x`: weight and bias into `grads`, the input's into `g_in`.
-pub(super) fn deconv_backward(
-    layer: &Layer,
-    g: &[f32],
-    x: &[f32],
-    scratch: &mut [f32],
-    weight: &[f32],
-    grads: &mut Grads,
-    g_in: &mut [f32],
-) {
-    let (c, s, so) = (layer.inputs, layer.side, layer.output_side());
-    let n_out = layer.outputs;
-    let (okk, hw) = (n_out * KK, s * s);
-    let b = x.len() / (c * hw);
-    let scratch = &mut scratch[..b * okk * hw];
-    // gcols_b = im2col(g_b) (out·k·k × hw); g_in_b = W (c × out·k·k) · gcols_b
-    scratch.par_chunks_mut(okk * hw).zip(g.par_chunks(n_out * so * so)).zip(g_in.par_chunks_mut(c * hw)).for_each(
-        |((gcols, g), g_in)| {
-            im2col(g, (n_out, so, so), KERNEL, gcols);
-            matmul_with(g_in, Mat::rows(weight, c, okk), Mat::rows(gcols, okk, hw), false, Parallelism::None);
-        },
-    );
-    // dW (c × out·k·k) = Σ_b x_b (c × hw) · gcols_bᵀ
-    let scratch = &*scratch;
-    sum_of_products(&mut grads.weight, b, |i| {
-        (
-            Mat::rows(&x[i * c * hw..(i + 1) * c * hw], c, hw),
-            Mat::rows(&scratch[i * okk * hw..(i + 1) * okk * hw], okk, hw).t(),
-        )
-    });
-    channel_sums(g, n_out, so * so, &mut grads.bias);
-}
-
-/// `sums[c] = Σ_b Σ_p g[b, c, p]` for `g` `(b, channels, plane)`.
-fn channel_sums(g: &[f32], channels: usize, plane: usize, sums: &mut [f32]) {
-    sums.fill(0.0);
-    for image in g.chunks_exact(channels * plane) {
-        for (sum, plane) in sums.iter_mut().zip(image.chunks_exact(plane)) {
-            *sum += plane.iter().sum::<f32>();
-        }
-    }
 }
 
 /// The posterior and its gradients, for [`loss_gradient`].

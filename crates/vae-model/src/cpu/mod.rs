@@ -7,13 +7,16 @@
 //! fixed, small model on two cores those costs are a large part of a step. [`CpuStep`]
 //! computes the same objective, `(BCE + KL) / B`, and its gradients for every parameter
 //! of the [`Vae`](crate::Vae) with explicit GEMMs (the `gemm` crate that candle's CPU
-//! backend uses) into buffers kept from step to step: convolutions as per-image
-//! im2col/col2im products spread over the cores, fully-connected layers as one
-//! multi-threaded product each, the bias, ReLU and loss gradients fused into single
-//! passes. candle's autograd stays the reference: tests compare every gradient with it.
+//! backend uses, faer for one shape, a bf16 kernel of our own under
+//! [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
+//! own (AVX-512, AVX2 or scalar, picked at run time) for the convolutions, one image per
+//! core at a time, all into buffers kept from step to step, the bias, ReLU and loss
+//! gradients fused into single passes. candle's autograd stays the reference: tests
+//! compare every gradient with it.
 //! [`CpuStep::encode`] runs the encoder's half of the same forward pass.
 
 mod bf16;
+mod conv;
 mod kernels;
 mod pass;
 mod products;
@@ -99,8 +102,8 @@ pub const ENCODE_ROWS: usize = 512;
 pub const DECODE_ROWS: usize = 128;
 
 /// Images per pass of [`CpuStep::encode`]'s convolutions: enough to keep both cores
-/// busy, few enough that their im2col columns (144 × 576 floats per image for conv2)
-/// stay small.
+/// busy, few enough that the first convolution's output (16 × 26 × 26 floats per image
+/// in the reference's model) stays small.
 pub const ENCODE_CONV_ROWS: usize = 64;
 
 impl CpuStep {
@@ -220,7 +223,7 @@ impl CpuStep {
                 None => buf.loss(x, batch, objective),
                 Some(k) => buf.importance_weighted_loss(x, (batch, k), eps, objective.0),
             };
-            buf.backward(t, (batch, k), w, eps, grads);
+            buf.backward(t, (batch, k), w, (x, eps), grads);
             loss
         })
     }

@@ -4,9 +4,10 @@
 use std::time::Instant;
 
 use super::bf16::Operands;
+use super::conv::{conv_backward, conv_forward, deconv_backward, deconv_forward};
 use super::kernels::{
-    ImportanceSamples, Posterior, columns_len, conv_backward, conv_forward, deconv_backward, deconv_forward,
-    iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add, loss_gradient, relu_mask,
+    ImportanceSamples, Posterior, iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add,
+    loss_gradient, relu_mask,
 };
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
@@ -34,9 +35,6 @@ fn timed<R>(slot: &mut f64, f: impl FnOnce() -> R) -> R {
 /// Activations of the forward pass and gradients of the backward pass, `batch` rows each.
 #[derive(Default)]
 pub(super) struct Buffers {
-    /// im2col columns of the two convolutions' inputs, kept for their weight gradients.
-    cols1: Vec<f32>,
-    cols2: Vec<f32>,
     /// Every layer's output, after its ReLU: `mu` and `var` hold the posterior means and
     /// log-variances, `deconv2` the reconstruction logits.
     pub out: Layers<Vec<f32>>,
@@ -46,7 +44,7 @@ pub(super) struct Buffers {
     std: Vec<f32>,
     z: Vec<f32>,
     g_z: Vec<f32>,
-    /// Room for the transposed convolutions' columns and the column-major products.
+    /// Room for the column-major products of [`linear_forward`].
     scratch: Vec<f32>,
     /// Each code's normalised importance weight over `B` (the importance-weighted
     /// objective only; empty for the VAE's).
@@ -62,8 +60,6 @@ impl Buffers {
     /// Sizes the buffers for `b` images, the first convolution's for `conv_rows`: those of
     /// the encoder, or with `samples` > 0 all, the decoder's for `samples` codes per image.
     pub fn resize(&mut self, t: &Layers<Layer>, b: usize, conv_rows: usize, samples: usize) {
-        self.cols1.resize(conv_rows * columns_len(&t.conv1), 0.0);
-        self.cols2.resize(conv_rows * columns_len(&t.conv2), 0.0);
         let encoder = [&t.conv2, &t.enc_linear, &t.enc_linear2, &t.mu, &t.var];
         self.out.conv1.resize(conv_rows * t.conv1.output_len(), 0.0);
         let o = &mut self.out;
@@ -98,8 +94,6 @@ impl Buffers {
         for buf in [&mut self.z, &mut self.g_z] {
             buf.resize(rows * latent, 0.0);
         }
-        let scratch = columns_len(&t.conv2).max(columns_len(&t.conv1));
-        self.scratch.resize(rows.max(b) * scratch, 0.0);
     }
 
     /// The encoder: `x` to `mu` and `logvar`, keeping what the backward pass needs. The
@@ -111,10 +105,8 @@ impl Buffers {
         for (x, a2) in x.chunks(conv_rows * pixels).zip(o.conv2.chunks_mut(conv_rows * flat)) {
             let n = x.len() / pixels;
             let a1 = &mut o.conv1[..n * t.conv1.output_len()];
-            let (cols1, cols2) =
-                (&mut self.cols1[..n * columns_len(&t.conv1)], &mut self.cols2[..n * columns_len(&t.conv2)]);
-            timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, cols1, w.conv1, a1));
-            timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, cols2, w.conv2, a2));
+            timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, w.conv1, a1));
+            timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, w.conv2, a2));
         }
         let (s, wide) = (&mut self.scratch, self.bf16.as_mut());
         timed(&mut tm.enc_linear[FORWARD], || {
@@ -168,8 +160,8 @@ impl Buffers {
         timed(&mut tm.dec_linear3[FORWARD], || {
             linear_forward(&t.dec_linear3, &o.dec_linear2, w.dec_linear3, &mut o.dec_linear3, (b, wide), s)
         });
-        timed(&mut tm.deconv1[FORWARD], || deconv_forward(&t.deconv1, &o.dec_linear3, s, w.deconv1, &mut o.deconv1));
-        timed(&mut tm.deconv2[FORWARD], || deconv_forward(&t.deconv2, &o.deconv1, s, w.deconv2, &mut o.deconv2));
+        timed(&mut tm.deconv1[FORWARD], || deconv_forward(&t.deconv1, &o.dec_linear3, w.deconv1, &mut o.deconv1));
+        timed(&mut tm.deconv2[FORWARD], || deconv_forward(&t.deconv2, &o.deconv1, w.deconv2, &mut o.deconv2));
     }
 
     /// The loss sums of the last [`Buffers::forward`] on `x`, and the gradients of
@@ -206,34 +198,24 @@ impl Buffers {
         })
     }
 
-    /// The backward pass from the gradients [`Buffers::loss`] left: every parameter's
-    /// gradient into `grads`.
+    /// The backward pass from the gradients [`Buffers::loss`] left, for the images `x` and
+    /// noise `eps` of the last [`Buffers::forward`]: every parameter's gradient into `grads`.
     pub fn backward(
         &mut self,
         t: &Layers<Layer>,
         (b, samples): (usize, usize),
         w: &Layers<Params>,
-        eps: &[f32],
+        (x, eps): (&[f32], &[f32]),
         grads: &mut Layers<Grads>,
     ) {
-        let (o, g, tm, s) = (&self.out, &mut self.grad_out, &mut self.times, &mut self.scratch);
+        let (o, g, tm) = (&self.out, &mut self.grad_out, &mut self.times);
         let (rows, latent) = (b * samples, t.mu.outputs);
         timed(&mut tm.layers.deconv2[BACKWARD], || {
-            deconv_backward(
-                &t.deconv2,
-                &g.deconv2,
-                &o.deconv1,
-                s,
-                w.deconv2.weight,
-                &mut grads.deconv2,
-                &mut g.deconv1,
-            );
-            relu_mask(&mut g.deconv1, &o.deconv1);
+            deconv_backward(&t.deconv2, &g.deconv2, &o.deconv1, w.deconv2.weight, &mut grads.deconv2, &mut g.deconv1);
         });
         timed(&mut tm.layers.deconv1[BACKWARD], || {
             let (g_out, g_in) = (&g.deconv1, &mut g.dec_linear3);
-            deconv_backward(&t.deconv1, g_out, &o.dec_linear3, s, w.deconv1.weight, &mut grads.deconv1, g_in);
-            relu_mask(g_in, &o.dec_linear3);
+            deconv_backward(&t.deconv1, g_out, &o.dec_linear3, w.deconv1.weight, &mut grads.deconv1, g_in);
         });
         timed(&mut tm.layers.dec_linear3[BACKWARD], || {
             let (g_out, g_in) = (&g.dec_linear3, &mut g.dec_linear2);
@@ -297,11 +279,10 @@ impl Buffers {
         });
         timed(&mut tm.layers.conv2[BACKWARD], || {
             let (g_out, g_in) = (&g.conv2, &mut g.conv1);
-            conv_backward(&t.conv2, g_out, &self.cols2, s, w.conv2.weight, &mut grads.conv2, Some(g_in));
-            relu_mask(g_in, &o.conv1);
+            conv_backward(&t.conv2, g_out, &o.conv1, w.conv2.weight, &mut grads.conv2, Some(g_in));
         });
         timed(&mut tm.layers.conv1[BACKWARD], || {
-            conv_backward(&t.conv1, &g.conv1, &self.cols1, s, w.conv1.weight, &mut grads.conv1, None);
+            conv_backward(&t.conv1, &g.conv1, x, w.conv1.weight, &mut grads.conv1, None);
         });
     }
 }

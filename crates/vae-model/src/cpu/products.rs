@@ -1,8 +1,6 @@
-//! Matrix products on strided views, through the `gemm` crate (candle's CPU GEMM), and
-//! the sum of many small products spread over the cores.
+//! Matrix products on strided views, through the `gemm` crate (candle's CPU GEMM) or faer.
 
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 /// A strided matrix view for `gemm`.
 #[derive(Clone, Copy)]
@@ -95,28 +93,4 @@ pub(super) fn matmul_faer<'a>(dst: &mut [f32], a: Mat<'a>, b: Mat<'a>) {
     };
     let dst = faer::MatMut::from_row_major_slice_mut(dst, a.rows, b.cols);
     faer::linalg::matmul::matmul(dst, faer::Accum::Replace, view(a), view(b), 1.0, faer::Par::rayon(0));
-}
-
-/// `dst = Σ_{i < n} a_i · b_i` over the cores: each worker sums a contiguous run of the
-/// products into its own buffer, and the buffers are added at the end.
-pub(super) fn sum_of_products<'a>(dst: &mut [f32], n: usize, product: impl Fn(usize) -> (Mat<'a>, Mat<'a>) + Sync) {
-    let workers = rayon::current_num_threads().min(n).max(1);
-    let per_worker = n.div_ceil(workers);
-    let partials: Vec<Vec<f32>> = (0..workers)
-        .into_par_iter()
-        .map(|t| {
-            let mut acc = vec![0.0; dst.len()];
-            for (j, i) in (t * per_worker..((t + 1) * per_worker).min(n)).enumerate() {
-                let (a, b) = product(i);
-                matmul_with(&mut acc, a, b, j > 0, Parallelism::None);
-            }
-            acc
-        })
-        .collect();
-    dst.fill(0.0);
-    for partial in partials {
-        for (d, v) in dst.iter_mut().zip(partial) {
-            *d += v;
-        }
-    }
 }
