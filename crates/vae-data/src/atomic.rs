@@ -5,12 +5,94 @@ use std::path::{Path, PathBuf};
 use crate::{DataError, Result};
 
 /// Writes `bytes` to `path` atomically: a reader (or a crash) sees either the old file
-/// or the complete new one, never a partial write.
+/// or the complete new one, never a partial write. On Linux, files of at least
+/// [`DIRECT_WRITE_MIN`] bytes bypass the page cache (`O_DIRECT`): they are synced right
+/// after anyway.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
-        let mut file = File::create(tmp)?;
-        file.write_all(bytes)
+        #[cfg(target_os = "linux")]
+        if bytes.len() >= DIRECT_WRITE_MIN
+            && let Some(written) = direct::write(tmp, bytes)
+        {
+            return written;
+        }
+        File::create(tmp)?.write_all(bytes)
     })
+}
+
+/// Files from this size on are written with `O_DIRECT` on Linux: the checkpoint (230 MB
+/// for the reference's model) and the weights (77 MB) of every epoch.
+pub const DIRECT_WRITE_MIN: usize = 16 << 20;
+
+/// Writes that bypass the page cache. The bytes are synced to disk right after anyway, so
+/// the cache gains nothing from them, and copying into it costs: on the project's VMs
+/// (memory handed back to the host when idle) a 230 MB checkpoint took 1.3–2.1 s to copy
+/// into fresh page-cache pages and 0.15–0.23 s with `O_DIRECT`.
+#[cfg(target_os = "linux")]
+mod direct {
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    /// `O_DIRECT` transfers are multiples of this, from buffers aligned to it.
+    const BLOCK: usize = 4096;
+    /// Bytes copied into the aligned buffer per write.
+    const CHUNK: usize = 8 << 20;
+
+    /// Writes `bytes` to a new file at `path`, the whole blocks with `O_DIRECT` through an
+    /// aligned buffer, the tail normally. `None` where the file system refuses `O_DIRECT`
+    /// (the caller then writes it normally, truncating whatever was written).
+    pub(super) fn write(path: &Path, bytes: &[u8]) -> Option<io::Result<()>> {
+        let opened = OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(path);
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return None,
+            Err(err) => return Some(Err(err)),
+        };
+        let whole = bytes.len() / BLOCK * BLOCK;
+        let mut room = vec![0u8; CHUNK.min(whole) + BLOCK];
+        let start = room.as_ptr().align_offset(BLOCK);
+        let buffer = &mut room[start..][..CHUNK.min(whole)];
+        for (i, chunk) in bytes[..whole].chunks(CHUNK).enumerate() {
+            buffer[..chunk.len()].copy_from_slice(chunk);
+            match file.write_all(&buffer[..chunk.len()]) {
+                Err(err) if i == 0 && err.raw_os_error() == Some(libc::EINVAL) => return None,
+                Err(err) => return Some(Err(err)),
+                Ok(()) => {}
+            }
+        }
+        Some(write_tail(file, &bytes[whole..]))
+    }
+
+    /// Clears `O_DIRECT` on `file` and writes `tail` (less than a block) after what is there.
+    fn write_tail(mut file: File, tail: &[u8]) -> io::Result<()> {
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is the open descriptor `file` owns; F_GETFL and F_SETFL only read and
+        // set its status flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        file.write_all(tail)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// The direct path writes every byte, a tail shorter than a block included, where
+        /// the file system takes `O_DIRECT` (and says so by `None` where it does not).
+        #[test]
+        fn writes_every_byte() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("big.bin");
+            let bytes: Vec<u8> = (0..super::CHUNK + 3 * super::BLOCK + 123).map(|i| (i * 7 % 251) as u8).collect();
+            if let Some(written) = super::write(&path, &bytes) {
+                written.unwrap();
+                assert!(std::fs::read(&path).unwrap() == bytes, "the file differs from the bytes");
+            }
+        }
+    }
 }
 
 /// Atomic write for writers that want a path: `write` fills the temporary file it is
@@ -73,6 +155,18 @@ fn temp_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file large enough for the direct path replaces the old one byte for byte.
+    #[test]
+    fn large_files_are_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.bin");
+        let bytes: Vec<u8> = (0..DIRECT_WRITE_MIN + 4097).map(|i| (i * 13 % 241) as u8).collect();
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, &bytes).unwrap();
+        assert!(fs::read(&path).unwrap() == bytes, "the file differs from the bytes");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temporary() {
