@@ -99,9 +99,16 @@ fn ours(quick: bool, only: &[String], capture: bool) -> anyhow::Result<String> {
 /// The figures compared, as the lines of both benchmarks name them.
 const FIGURES: [&str; 4] = ["training step, batch 128", "training step, batch  32", "encoder, 500 images", PASS_FIGURE];
 
+/// The number of training images of the pass compared, for both constants below.
+macro_rules! pass_images {
+    () => {
+        "6400"
+    };
+}
+
 /// The training pass compared: [`PASS_IMAGES`] MNIST training images at batch 128.
-const PASS_FIGURE: &str = "training pass, 6400 images at batch 128";
-const PASS_IMAGES: &str = "6400";
+const PASS_FIGURE: &str = concat!("training pass, ", pass_images!(), " images at batch 128");
+const PASS_IMAGES: &str = pass_images!();
 
 /// One training pass over the first [`PASS_IMAGES`] training images at batch 128 as a
 /// whole `vae-train` process (start-up, data, a test pass on 100 images and every output
@@ -195,9 +202,9 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
         let line: Vec<String> = FIGURES
             .iter()
             .map(|f| {
-                let last = |k: usize| samples[k].get(f).and_then(|v| v.last().copied()).unwrap_or(f64::NAN);
+                let last = |k: usize| ms(samples[k].get(f).and_then(|v| v.last().copied()));
                 let (name, a, b, c, d) = (f.replace("  ", " "), last(0), last(1), last(2), last(3));
-                format!("{name}: {a:.1} / {b:.1} / {c:.1} ms, ours bf16 {d:.1} ms")
+                format!("{name}: {a} / {b} / {c} ms, ours bf16 {d} ms")
             })
             .collect();
         println!("round {round}: {}", line.join("; "));
@@ -208,18 +215,28 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for figure in FIGURES {
-        let med = |k: usize| samples[k].get(figure).cloned().map_or(f64::NAN, median);
+        let med = |k: usize| samples[k].get(figure).cloned().map(median);
         let (ours, f32_, bf16, ours_bf16) = (med(0), med(1), med(2), med(3));
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("—".into(), |(a, b)| format!("{:.2}×", a / b));
         println!(
-            "| {} | {ours:.1} ms | {f32_:.1} ms | {:.2}× | {bf16:.1} ms | {:.2}× | {ours_bf16:.1} ms | {:.2}× | {:.2}× |",
+            "| {} | {} ms | {} ms | {} | {} ms | {} | {} ms | {} | {} |",
             figure.replace("  ", " "),
-            f32_ / ours,
-            bf16 / ours,
-            f32_ / ours_bf16,
-            bf16 / ours_bf16
+            ms(ours),
+            ms(f32_),
+            ratio(f32_, ours),
+            ms(bf16),
+            ratio(bf16, ours),
+            ms(ours_bf16),
+            ratio(f32_, ours_bf16),
+            ratio(bf16, ours_bf16)
         );
     }
     Ok(())
+}
+
+/// Milliseconds to one decimal, or "—" for a figure not measured (bf16 on a CPU without it).
+fn ms(value: Option<f64>) -> String {
+    value.map_or("—".into(), |v| format!("{v:.1}"))
 }
 
 /// Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16, as the kernel

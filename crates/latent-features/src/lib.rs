@@ -68,13 +68,9 @@ impl<'a> Encoder<'a> {
     /// The encoder for `vae` (whose parameters are `varmap`) on `device`, computing in
     /// `precision` (which only the CPU kernels have).
     pub fn new(vae: &'a Vae, varmap: &VarMap, device: &Device, precision: Precision) -> anyhow::Result<Self> {
-        Ok(if device.is_cpu() {
-            let mut step = CpuStep::new(vae.config(), varmap)?;
-            step.set_precision(precision)?;
-            Self::Cpu(Box::new(step))
-        } else {
-            anyhow::ensure!(precision == Precision::F32, "--precision bf16 needs --device cpu");
-            Self::Candle(vae, device.clone())
+        Ok(match CpuStep::on_device(vae.config(), varmap, device, precision)? {
+            Some(step) => Self::Cpu(Box::new(step)),
+            None => Self::Candle(vae, device.clone()),
         })
     }
 

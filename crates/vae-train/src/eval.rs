@@ -163,11 +163,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let (vae, varmap, _) =
         vae_model::load_vae(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     let vae = vae.with_likelihood(args.likelihood);
-    let mut cpu_step = if device.is_cpu() { Some(CpuStep::new(vae.config(), &varmap)?) } else { None };
-    match cpu_step.as_mut() {
-        Some(step) => step.set_precision(args.precision)?,
-        None => ensure!(args.precision == vae_model::Precision::F32, "--precision bf16 needs --device cpu"),
-    }
+    let mut cpu_step = CpuStep::on_device(vae.config(), &varmap, &device, args.precision)?;
     let mut test = load_split(&args.data.dir, SplitKind::Test).context("loading the test set")?;
     if let Some(n) = args.test_limit {
         test.truncate(n as usize);

@@ -32,7 +32,7 @@ use rand_distr::StandardNormal;
 pub use vae_data::run::SAMPLE_COUNT;
 use vae_data::run::{Machine, TrainConfigSummary, file};
 use vae_data::{IMAGE_SIDE, Split, SplitKind, load_split};
-use vae_model::{Precision, Vae, VaeConfig, init_varmap, save_tensors};
+use vae_model::{Vae, VaeConfig, init_varmap, save_tensors};
 
 use adam::{Adam, AdamConfig, named_vars};
 pub use args::TrainArgs;
@@ -141,11 +141,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let mut adam = Adam::new(named_vars(&varmap)?, AdamConfig { lr: args.lr, ..AdamConfig::default() });
     let mut ema = args.ema_decay().map(|decay| Ema::new(decay, &sorted_vars(&varmap)?)).transpose()?;
-    let mut cpu_step = if device.is_cpu() && !args.autograd { Some(CpuStep::new(&cfg, &varmap)?) } else { None };
-    match cpu_step.as_mut() {
-        Some(step) => step.set_precision(args.precision)?,
-        None => ensure!(args.precision == Precision::F32, "--precision bf16 needs the CPU step (--device cpu)"),
-    }
+    // `--autograd` conflicts with `--precision` (clap), so it always trains in f32.
+    let mut cpu_step = if args.autograd { None } else { CpuStep::on_device(&cfg, &varmap, &device, args.precision)? };
 
     let checkpoint = files.path(file::CHECKPOINT);
     let mut history = Vec::new();

@@ -158,6 +158,29 @@ impl CpuStep {
         layers.chain(std::iter::once(("sampling+loss", times.loss[0], times.loss[1])))
     }
 
+    /// The step for a model computed on `device` in `precision`: [`CpuStep::new`] in that
+    /// precision on the CPU; `None` elsewhere, where candle's graph computes in f32 only
+    /// (an error for [`Precision::Bf16`]).
+    pub fn on_device(
+        cfg: &VaeConfig,
+        varmap: &VarMap,
+        device: &candle_core::Device,
+        precision: Precision,
+    ) -> Result<Option<Self>> {
+        if !device.is_cpu() {
+            if precision != Precision::F32 {
+                return Err(VaeError::Unsupported(format!(
+                    "{} precision needs the CPU (--device cpu)",
+                    precision.name()
+                )));
+            }
+            return Ok(None);
+        }
+        let mut step = Self::new(cfg, varmap)?;
+        step.set_precision(precision)?;
+        Ok(Some(step))
+    }
+
     /// Sets the arithmetic of the products of every later call; [`Precision::Bf16`] is
     /// refused, with the CPU named, where the CPU lacks AVX-512 BF16.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
