@@ -150,8 +150,11 @@ pub fn write(run: &Path, stages: &[StageResult]) -> anyhow::Result<String> {
         run.display()
     )?;
     if let Some(TrainConfigSummary { machine, threads_used, precision, .. }) = &training {
-        let Machine { cpu, gemm_kernels } = machine;
-        let bf16 = if precision == "bf16" { ", bf16 products (AVX-512 BF16)" } else { "" };
+        let Machine { cpu, gemm_kernels, bf16_kernels } = machine;
+        let bf16 = match (precision.as_str(), bf16_kernels) {
+            ("bf16", kernels) => format!(", bf16 products ({})", kernels.as_deref().unwrap_or("AVX-512 BF16")),
+            _ => String::new(),
+        };
         writeln!(md, "Trained on: {cpu}, {gemm_kernels} matrix kernels{bf16}, {threads_used} threads.\n")?;
     }
     md.push_str("## Summary\n\n");
@@ -262,7 +265,11 @@ mod tests {
         std::fs::write(run.join(file::METRICS), serde_json::to_string(&metrics).unwrap()).unwrap();
         for (dataset, with_reference, class) in [(&vae_data::FASHION_MNIST, false, "Ankle boot"), (&MNIST, true, "9")] {
             let config = TrainConfigSummary {
-                machine: Machine { cpu: "a test CPU".into(), gemm_kernels: "AVX2+FMA".into() },
+                machine: Machine {
+                    cpu: "a test CPU".into(),
+                    gemm_kernels: "AVX2+FMA".into(),
+                    bf16_kernels: (!with_reference).then(|| "AMX".into()),
+                },
                 threads_used: 2,
                 precision: if with_reference { "f32" } else { "bf16" }.into(),
                 inputs_sha256: dataset.sha256.iter().map(|(name, sum)| (name.to_string(), sum.to_string())).collect(),
@@ -271,7 +278,7 @@ mod tests {
             let summary = write(&run, &[]).unwrap();
             let report = std::fs::read_to_string(run.join("report.md")).unwrap();
             assert!(report.starts_with(&format!("# VAE on {}:", dataset.name)), "{report}");
-            let bf16 = if with_reference { "" } else { ", bf16 products (AVX-512 BF16)" };
+            let bf16 = if with_reference { "" } else { ", bf16 products (AMX)" };
             assert!(
                 report.contains(&format!("Trained on: a test CPU, AVX2+FMA matrix kernels{bf16}, 2 threads.")),
                 "{report}"

@@ -77,6 +77,49 @@ pub fn has_avx512_bf16() -> bool {
     false
 }
 
+/// Whether this process may compute bf16 products on AMX tiles: the CPU has AMX-TILE and
+/// AMX-BF16 (Intel Sapphire Rapids and later) and Linux granted the request for the tile
+/// state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, made once, on the first call; kernels before
+/// 5.16 and some hypervisors refuse it).
+pub fn amx_bf16_granted() -> bool {
+    static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GRANTED.get_or_init(request_tile_state)
+}
+
+/// CPUID's AMX-TILE and AMX-BF16 bits, then the request for the tile state.
+fn request_tile_state() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[allow(unused_unsafe)]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 says
+        // it exists.
+        let max_leaf = unsafe { __cpuid(0) }.eax;
+        if max_leaf < 7 {
+            return false;
+        }
+        // SAFETY: as above.
+        let edx = unsafe { __cpuid_count(7, 0) }.edx;
+        let (amx_bf16, amx_tile) = (edx & (1 << 22) != 0, edx & (1 << 24) != 0);
+        if !amx_bf16 || !amx_tile {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: this request only changes which register state the kernel saves for
+        // this process; where it is refused nothing changes.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
+/// The instructions of [`Precision::Bf16`](crate::cpu::Precision::Bf16)'s products on this
+/// CPU: `AMX` ([`amx_bf16_granted`]), `AVX-512 BF16`, or `None` where bf16 is refused.
+pub fn bf16_isa() -> Option<&'static str> {
+    if amx_bf16_granted() { Some("AMX") } else { has_avx512_bf16().then_some("AVX-512 BF16") }
+}
+
 #[cfg(test)]
 mod tests {
     /// The brand string is the one the kernel reports (Linux reads the same CPUID leaves).

@@ -116,8 +116,9 @@ pub struct TrainArgs {
     pub device: vae_data::cli::DeviceArgs,
     /// Arithmetic of the two wide layers' products (forward and gradients) in the CPU
     /// step: f32, or bf16 (operands rounded to bfloat16, f32 accumulation and f32
-    /// weights; needs a CPU with AVX-512 BF16, refused elsewhere). Also used for the
-    /// per-epoch test losses
+    /// weights; on AMX tiles where the CPU has them, Intel Sapphire Rapids and later,
+    /// otherwise AVX-512 BF16; refused on CPUs with neither). Also used for the per-epoch
+    /// test losses
     #[arg(long, value_enum, default_value_t = Precision::F32, conflicts_with = "autograd")]
     pub precision: Precision,
     /// Compute gradients with candle's autograd instead of the hand-written CPU backward

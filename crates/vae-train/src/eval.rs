@@ -55,7 +55,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Arithmetic of the two wide layers' products on the CPU: f32, or bf16 (operands
-    /// rounded to bfloat16, f32 accumulation; needs AVX-512 BF16)
+    /// rounded to bfloat16, f32 accumulation; on AMX or AVX-512 BF16, refused without)
     #[arg(long, value_enum, default_value_t = vae_model::Precision::F32)]
     pub precision: vae_model::Precision,
     /// --device: where the model runs

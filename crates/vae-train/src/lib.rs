@@ -255,7 +255,12 @@ fn write_outputs(
 }
 
 fn write_config(files: &RunFiles, args: &TrainArgs, fingerprint: &Fingerprint) -> anyhow::Result<()> {
-    let machine = Machine { cpu: vae_model::machine::cpu_model(), gemm_kernels: vae_model::machine::gemm_isa().into() };
+    let bf16_kernels = (args.precision == vae_model::Precision::Bf16).then(vae_model::machine::bf16_isa).flatten();
+    let machine = Machine {
+        cpu: vae_model::machine::cpu_model(),
+        gemm_kernels: vae_model::machine::gemm_isa().into(),
+        bf16_kernels: bf16_kernels.map(str::to_string),
+    };
     let summary = TrainConfigSummary {
         machine,
         threads_used: rayon::current_num_threads(),

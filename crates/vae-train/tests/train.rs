@@ -171,6 +171,8 @@ fn cpu_step_trains_like_autograd() {
             }
             let config: serde_json::Value = serde_json::from_slice(&read(&half, "config.json")).unwrap();
             assert_eq!(config["args"]["precision"], "bf16");
+            let kernels = config["machine"]["bf16_kernels"].as_str();
+            assert_eq!(kernels, vae_model::machine::bf16_isa(), "{config}");
             let err = vae_train::run(&args(&half, &["--epochs", "2", "--resume"])).unwrap_err();
             assert!(format!("{err:#}").contains("different run"), "{err:#}");
         }

@@ -76,7 +76,7 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub kl_warmup_epochs: Option<u32>,
     /// Arithmetic of the wide products in training, evaluation and encoding: f32 (the
-    /// default) or bf16 (needs a CPU with AVX-512 BF16; vae-train --help explains it)
+    /// default) or bf16 (needs a CPU with AMX or AVX-512 BF16; vae-train --help explains it)
     #[arg(long, value_parser = ["f32", "bf16"])]
     pub precision: Option<String>,
     /// Threads for training (1 to 1024) [default: all cores]

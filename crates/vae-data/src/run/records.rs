@@ -203,6 +203,11 @@ pub struct Machine {
     pub cpu: String,
     /// The instruction set of the matrix kernels chosen at run time (e.g. `AVX2+FMA`).
     pub gemm_kernels: String,
+    /// The instructions of the bf16 products, for a bf16 run: `AMX` or `AVX-512 BF16`
+    /// (absent in f32 runs, and in files written before AMX was used, which ran on
+    /// AVX-512 BF16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_kernels: Option<String>,
 }
 
 /// What `config.json` holds that other stages read (`vae-train` writes this and more).

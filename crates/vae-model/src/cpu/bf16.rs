@@ -6,7 +6,10 @@
 //! ties to even) and laid out for the kernel: A as rows of `k / 2` pairs ([`PairRows`]), B
 //! as panels of [`PANEL`] columns in which each pair of B's rows is interleaved
 //! ([`Panels`]). Each operand has two constructors, so that the forward product and both
-//! gradient products of a layer read its weight and activations in place.
+//! gradient products of a layer read its weight and activations in place. Both are padded
+//! with zeros to whole AMX tiles (16 rows of A, 16 pairs of the reduction), so that the
+//! same packed operands feed [`super::amx`]'s kernel where the CPU has AMX, and this
+//! module's `vdpbf16ps` kernel elsewhere.
 //!
 //! [`Precision::Bf16`]: crate::cpu::Precision::Bf16
 
@@ -20,7 +23,12 @@ use std::arch::x86_64::{
 use rayon::prelude::*;
 
 /// Columns of B per panel: four 16-lane registers.
-const PANEL: usize = 64;
+pub(super) const PANEL: usize = 64;
+/// Rows of A per AMX tile: A's rows are padded with zeros to a multiple of it.
+pub(super) const TILE_ROWS: usize = 16;
+/// Pairs of the reduction per AMX tile: both operands' pairs are padded with zeros to a
+/// multiple of it.
+pub(super) const TILE_PAIRS: usize = 16;
 /// Rows of A per micro-tile: 6 × 4 accumulators, 4 registers of B and a broadcast of A
 /// fit in the 32 vector registers.
 const MR: usize = 6;
@@ -50,7 +58,8 @@ pub(super) struct Operands {
     pub b: Panels,
 }
 
-/// The left operand: `rows` rows of `pairs` bf16 pairs along the reduction.
+/// The left operand: `rows` rows of `pairs` bf16 pairs along the reduction (zeros past
+/// `k`), then zero rows up to a multiple of [`TILE_ROWS`].
 #[derive(Default)]
 pub(super) struct PairRows {
     data: Vec<u32>,
@@ -59,30 +68,35 @@ pub(super) struct PairRows {
 }
 
 impl PairRows {
-    /// `A = x`, `x` row-major `rows × k` (an odd `k` is padded with a zero).
+    /// `A = x`, `x` row-major `rows × k`.
     pub fn set_rows(&mut self, x: &[f32], rows: usize, k: usize) {
         self.reshape(rows, k);
         let pairs = self.pairs;
         self.data.par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, row)| {
             let (whole, rest) = row.split_at(k / 2 * 2);
+            let (dst, padding) = dst.split_at_mut(k.div_ceil(2));
             for (d, v) in dst.iter_mut().zip(whole.chunks_exact(2)) {
                 *d = pair(v[0], v[1]);
             }
             if let (Some(d), [last]) = (dst.last_mut(), rest) {
                 *d = pair(*last, 0.0);
             }
+            padding.fill(0);
         });
     }
 
     /// `A = gᵀ`, `g` row-major `k × rows`.
     pub fn set_transposed(&mut self, g: &[f32], k: usize, rows: usize) {
         self.reshape(rows, k);
-        let pairs = self.pairs;
+        let (pairs, filled) = (self.pairs, k.div_ceil(2));
         // 64 rows of A at a time: reads of 64 contiguous values, writes within 64 · pairs.
-        self.data.par_chunks_mut(64 * pairs).enumerate().for_each(|(block, dst)| {
+        self.data[..rows * pairs].par_chunks_mut(64 * pairs).enumerate().for_each(|(block, dst)| {
             let r0 = block * 64;
             let n = dst.len() / pairs;
-            for p in 0..pairs {
+            for row in dst.chunks_exact_mut(pairs) {
+                row[filled..].fill(0);
+            }
+            for p in 0..filled {
                 let lo = &g[2 * p * rows + r0..][..n];
                 let hi = (2 * p + 1 < k).then(|| &g[(2 * p + 1) * rows + r0..][..n]);
                 for (r, lo) in lo.iter().enumerate() {
@@ -93,13 +107,30 @@ impl PairRows {
     }
 
     fn reshape(&mut self, rows: usize, k: usize) {
-        (self.rows, self.pairs) = (rows, k.div_ceil(2));
-        self.data.resize(rows * self.pairs, 0);
+        (self.rows, self.pairs) = (rows, k.div_ceil(2).next_multiple_of(TILE_PAIRS));
+        self.data.resize(rows.next_multiple_of(TILE_ROWS) * self.pairs, 0);
+        self.data[rows * self.pairs..].fill(0);
+    }
+
+    /// Its rows (without the padding).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Pairs per row, padding included.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// The packed pairs, row after row, padding rows included.
+    pub fn data(&self) -> &[u32] {
+        &self.data
     }
 }
 
 /// The right operand, `k × n`: panels of [`PANEL`] columns (the last padded with zeros),
-/// each `pairs × PANEL` pairs, pair `p` of column `c` holding rows `2p` and `2p + 1`.
+/// each `pairs × PANEL` pairs, pair `p` of column `c` holding rows `2p` and `2p + 1`
+/// (zeros past `k`).
 #[derive(Default)]
 pub(super) struct Panels {
     data: Vec<u32>,
@@ -168,8 +199,23 @@ impl Panels {
     }
 
     fn reshape(&mut self, k: usize, n: usize) {
-        (self.pairs, self.cols) = (k.div_ceil(2), n);
+        (self.pairs, self.cols) = (k.div_ceil(2).next_multiple_of(TILE_PAIRS), n);
         self.data.resize(self.cols.div_ceil(PANEL) * self.pairs * PANEL, 0);
+    }
+
+    /// Its columns (without the padding).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Pairs per column, padding included.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// The packed pairs, panel after panel.
+    pub fn data(&self) -> &[u32] {
+        &self.data
     }
 }
 
@@ -236,9 +282,44 @@ unsafe fn transpose_16x16(w: &[f32], k: usize, dst: &mut [u32]) {
     }
 }
 
-/// `c (m × n, row-major) = a · b`, or `+= a · b` when `accumulate`; the rows of `c` are
-/// split between the cores. Needs AVX-512 F and BF16 ([`crate::machine::has_avx512_bf16`]).
+/// The kernels that compute bf16 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    /// AMX tiles ([`super::amx`]).
+    Amx,
+    /// AVX-512 BF16's `vdpbf16ps` (this module's).
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest this CPU and OS allow: AMX where the process may use its tiles,
+    /// otherwise AVX-512 BF16 (`None` without either).
+    pub fn best() -> Option<Self> {
+        if crate::machine::amx_bf16_granted() {
+            Some(Self::Amx)
+        } else {
+            crate::machine::has_avx512_bf16().then_some(Self::Avx512)
+        }
+    }
+}
+
+/// `c (m × n, row-major) = a · b`, or `+= a · b` when `accumulate`, on the best kernel
+/// ([`Kernel::best`]); panics where there is none (callers check
+/// [`crate::machine::has_avx512_bf16`] first).
 pub(super) fn matmul(c: &mut [f32], a: &PairRows, b: &Panels, accumulate: bool) {
+    matmul_on(Kernel::best().unwrap_or(Kernel::Avx512), c, a, b, accumulate);
+}
+
+/// [`matmul`] on the given kernel.
+fn matmul_on(kernel: Kernel, c: &mut [f32], a: &PairRows, b: &Panels, accumulate: bool) {
+    match kernel {
+        Kernel::Amx => super::amx::matmul(c, a, b, accumulate),
+        Kernel::Avx512 => matmul_avx512(c, a, b, accumulate),
+    }
+}
+
+/// [`matmul`] on AVX-512 BF16: the rows of `c` are split between the cores.
+fn matmul_avx512(c: &mut [f32], a: &PairRows, b: &Panels, accumulate: bool) {
     let (m, n) = (a.rows, b.cols);
     assert!(a.pairs == b.pairs && c.len() == m * n, "bf16 matmul: shapes do not match");
     assert!(crate::machine::has_avx512_bf16(), "bf16 matmul without AVX-512 BF16");
@@ -382,7 +463,13 @@ mod tests {
             return;
         }
         let round = |v: &[f32]| v.iter().map(|&x| f32::from_bits(bf16_bits(x) << 16)).collect::<Vec<_>>();
-        for (m, k, n) in [(7, 5, 3), (13, 600, 130), (32, 1100, 64), (70, 33, 70), (1, 2, 1)] {
+        let kernels = [Kernel::Amx, Kernel::Avx512]
+            .into_iter()
+            .filter(|&k| k != Kernel::Amx || crate::machine::amx_bf16_granted());
+        for (kernel, (m, k, n)) in kernels.flat_map(|kernel| {
+            [(7, 5, 3), (13, 600, 130), (32, 1100, 64), (70, 33, 70), (1, 2, 1), (50, 40, 200), (200, 40, 70)]
+                .map(|s| (kernel, s))
+        }) {
             let (x, w, g) = (values(m * k, 1), values(n * k, 2), values(k * m, 3));
             let (xr, wr, gr) = (round(&x), round(&w), round(&g));
             let start = values(m * n, 4);
@@ -402,7 +489,7 @@ mod tests {
                     b.set_rows(&w, k, n)
                 }
                 let mut c = start.clone();
-                matmul(&mut c, &a, &b, layout == 3);
+                matmul_on(kernel, &mut c, &a, &b, layout == 3);
                 for i in 0..m {
                     for j in 0..n {
                         let terms = (0..k).map(|p| f64::from(a_at(i, p)) * f64::from(b_at(p, j)));
@@ -412,7 +499,7 @@ mod tests {
                             (f64::from(c[i * n + j]), (k + 1) as f64 * f64::from(f32::EPSILON) * (size + 1.0));
                         assert!(
                             (got - exact).abs() <= bound,
-                            "{m}x{k}x{n} layout {layout} ({i}, {j}): {got} vs {exact}"
+                            "{kernel:?} {m}x{k}x{n} layout {layout} ({i}, {j}): {got} vs {exact}"
                         );
                     }
                 }

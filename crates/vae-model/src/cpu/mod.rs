@@ -7,14 +7,15 @@
 //! fixed, small model on two cores those costs are a large part of a step. [`CpuStep`]
 //! computes the same objective, `(BCE + KL) / B`, and its gradients for every parameter
 //! of the [`Vae`](crate::Vae) with explicit GEMMs (the `gemm` crate that candle's CPU
-//! backend uses, faer for one shape, a bf16 kernel of our own under
-//! [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
+//! backend uses, faer for two shapes, bf16 kernels of our own on AMX or AVX-512 BF16
+//! under [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
 //! own (AVX-512, AVX2 or scalar, picked at run time) for the convolutions, one image per
 //! core at a time, all into buffers kept from step to step, the bias, ReLU and loss
 //! gradients fused into single passes. candle's autograd stays the reference: tests
 //! compare every gradient with it.
 //! [`CpuStep::encode`] runs the encoder's half of the same forward pass.
 
+mod amx;
 mod bf16;
 mod conv;
 mod kernels;
@@ -52,8 +53,9 @@ pub enum Precision {
     /// The products of the two wide layers (the encoder's first fully-connected layer and
     /// the decoder's last: three quarters of the work), forward and both gradients, with
     /// their operands rounded to bfloat16 and f32 accumulation; the weights, the other
-    /// layers and the optimiser stay f32. Needs AVX-512 BF16
-    /// ([`crate::machine::has_avx512_bf16`]).
+    /// layers and the optimiser stay f32. Computed on AMX tiles where the process may use
+    /// them ([`crate::machine::amx_bf16_granted`]), otherwise on AVX-512 BF16
+    /// ([`crate::machine::has_avx512_bf16`]); [`crate::machine::bf16_isa`] says which.
     Bf16,
 }
 
