@@ -239,12 +239,19 @@ impl AdamUpdate<'_> {
     }
 
     /// PyTorch's Adam update of one chunk of parameters `p` from their gradients `g` and
-    /// moments `m`, `v` (all the same length).
+    /// moments `m`, `v` (all the same length), with one departure: a moment that falls
+    /// below the smallest normal f32 (1.2e-38) is set to zero. The weights a ReLU never
+    /// lets a gradient reach keep decaying moments, `0.9ⁿ · m`, which spend about 150
+    /// steps among the subnormal numbers; Intel cores compute on those through microcode
+    /// assists, and after one epoch more than half of the wide layers' first moments were
+    /// subnormal, making every later batch-128 epoch 40 % slower on an Intel Xeon. The
+    /// update such a moment would make, below 1e-30 · lr, changes no weight above 1e-22.
     #[inline(always)]
     fn chunk(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let normal = |x: f32| if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x };
         for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-            *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
+            *m = normal(self.beta1 * *m + (1.0 - self.beta1) * g);
+            *v = normal(self.beta2 * *v + (1.0 - self.beta2) * g * g);
             let denom = v.sqrt() / self.bias2_sqrt + self.eps;
             *p -= self.step_size * *m / denom;
         }
@@ -293,6 +300,21 @@ mod tests {
             assert!((f64::from(got[i]) - expected[i]).abs() < 1e-5, "{got:?} vs {expected:?}");
         }
         assert_eq!(adam.step_count(), 2);
+    }
+
+    /// A moment that would fall below the smallest normal f32 becomes zero (the weight
+    /// then moves only by the normal moments' update), in both builds of the update.
+    #[test]
+    fn subnormal_moments_become_zero() {
+        let moments = Mutex::new(Moments { m: vec![], v: vec![] });
+        let update =
+            AdamUpdate { moments: &moments, beta1: 0.9, beta2: 0.999, step_size: 0.01, bias2_sqrt: 0.04, eps: 1e-8 };
+        let (mut p, g) = (vec![0.5f32; 2], vec![0.0f32; 2]);
+        let (mut m, mut v) = (vec![f32::MIN_POSITIVE, 1e-3], vec![f32::MIN_POSITIVE, 1e-6]);
+        update.chunk(&mut p, &g, &mut m, &mut v);
+        assert_eq!((m[0], v[0]), (0.0, 0.0));
+        assert_eq!((m[1], v[1]), (0.9 * 1e-3, 0.999 * 1e-6));
+        assert_eq!(p[0], 0.5);
     }
 
     /// The host path that other devices take gives exactly the fused in-place result.
