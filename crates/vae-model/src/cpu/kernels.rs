@@ -4,22 +4,23 @@
 use rayon::prelude::*;
 
 use super::bf16::{self, Operands};
-use super::products::{Mat, matmul, matmul_faer, parallelism_for, product};
+use super::products::{Mat, Split, matmul, matmul_per_core, parallelism_for, product};
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 
-/// Forward products of at least [`COLUMN_MAJOR_ROWS`] rows that reduce over at least
-/// this many values (the encoder's 18432→512 layer at batch 128 and on `encode`'s
-/// 512-image chunks) go through [`matmul_faer`].
+/// Products that reduce over at least this many values (the encoder's 18432→512 forward
+/// at batch 128 and on `encode`'s 512-image chunks, the decoder's 18432→512 input
+/// gradient), and weight gradients with at least this many output rows (the decoder's
+/// last layer), go through [`matmul_per_core`].
 const LONG_REDUCTION: usize = 4096;
 
 /// Batches of at most this many rows go through [`linear_forward`]'s column-major product.
 const COLUMN_MAJOR_ROWS: usize = 128;
 
 /// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. A narrowing layer with
-/// a [`LONG_REDUCTION`] on at least [`COLUMN_MAJOR_ROWS`] rows goes through faer: the
-/// encoder on 500 images takes 68–91 instead of 108–120 ms, the forward product at batch
-/// 128 15–22 instead of 21–23 ms (AMD EPYC Zen 4, 2026-12-04). Otherwise, for fewer
+/// a [`LONG_REDUCTION`] on at least [`COLUMN_MAJOR_ROWS`] rows is shared out by columns
+/// between the cores ([`matmul_per_core`]: the product at batch 128 8.7 ms against 10.2
+/// through faer and 17.5 through gemm's threads, Intel Xeon, 2026-12-05). Otherwise, for fewer
 /// rows, the product is computed column-major into `scratch` and
 /// transposed back: gemm then reads the weight in place instead of packing it. For a
 /// widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
@@ -39,18 +40,18 @@ pub(super) fn linear_forward(
         ops.a.set_rows(x, b, n_in);
         ops.b.set_transposed(p.weight, n_out, n_in);
         bf16::matmul(out, &ops.a, &ops.b, false);
-        add_bias(out, p.bias, 1, relu);
+        add_bias(out, p.bias, relu);
         return;
     }
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
     if n_in > n_out && n_in >= LONG_REDUCTION && b >= COLUMN_MAJOR_ROWS {
-        matmul_faer(out, x, weight_t);
-        add_bias(out, p.bias, 1, relu);
+        matmul_per_core(out, x, weight_t, Split::Columns);
+        add_bias(out, p.bias, relu);
         return;
     }
     if b > COLUMN_MAJOR_ROWS || (n_in < n_out && !crate::machine::gemm_uses_avx512()) {
         matmul(out, x, weight_t, false);
-        add_bias(out, p.bias, 1, relu);
+        add_bias(out, p.bias, relu);
         return;
     }
     if scratch.len() < out.len() {
@@ -67,22 +68,27 @@ pub(super) fn linear_forward(
     });
 }
 
-/// Adds `bias[c]` to every value of plane `c` of `out` `(…, channels, plane)`, then
-/// applies a ReLU if `relu`.
-fn add_bias(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
-    for (values, bias) in out.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
-        for v in values {
+/// Adds `bias` to every row of `out` `(rows, bias.len())`, then applies a ReLU if
+/// `relu`; rows are shared between the cores in runs of at least [`PARALLEL_VALUES`].
+fn add_bias(out: &mut [f32], bias: &[f32], relu: bool) {
+    let rows_per_task = PARALLEL_VALUES.div_ceil(bias.len()).max(1);
+    out.par_chunks_mut(bias.len()).with_min_len(rows_per_task).for_each(|row| {
+        for (v, bias) in row.iter_mut().zip(bias) {
             *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
         }
-    }
+    });
 }
+
+/// Values below which an elementwise pass stays on one core.
+const PARALLEL_VALUES: usize = 1 << 14;
 
 /// Gradients of a linear layer from the gradient `g` `(b, out)` of its output and its
 /// input `x` `(b, in)`: the weight's and bias's into `grads`, the input's into `g_in` if
-/// given; with `bf16`, both products are [`bf16::matmul`]'s. A narrowing input gradient
-/// with a [`LONG_REDUCTION`] (the decoder's 18432→512) goes through faer: the batch-32
-/// step 59.9–68.4 → 58.4–58.8 ms, batch 128 unchanged within the drift (Intel Xeon,
-/// AVX-512 + AMX, 2026-12-04).
+/// given; with `bf16`, both products are [`bf16::matmul`]'s. In f32 the decoder's wide
+/// layer shares its products out between the cores ([`matmul_per_core`]): the weight
+/// gradient by rows (18432 × 128 × 512: 6.0 against 6.4 ms through gemm's threads), the
+/// input gradient, a [`LONG_REDUCTION`], by columns (7.2 against 9.8 ms, faer 9.3; Intel
+/// Xeon, AVX-512 + AMX, 2026-12-05).
 pub(super) fn linear_backward(
     g: &[f32],
     x: &[f32],
@@ -104,22 +110,32 @@ pub(super) fn linear_backward(
             }
         }
         None => {
-            matmul(&mut grads.weight, Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in), false);
+            let (g_t, x) = (Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in));
+            if n_out >= LONG_REDUCTION {
+                matmul_per_core(&mut grads.weight, g_t, x, Split::Rows);
+            } else {
+                matmul(&mut grads.weight, g_t, x, false);
+            }
             if let Some(g_in) = g_in {
                 if n_out >= LONG_REDUCTION && n_in < n_out {
-                    matmul_faer(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in));
+                    matmul_per_core(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), Split::Columns);
                 } else {
                     matmul(g_in, Mat::rows(g, b, n_out), Mat::rows(weight, n_out, n_in), false);
                 }
             }
         }
     }
-    grads.bias.fill(0.0);
-    for row in g.chunks_exact(n_out) {
-        for (acc, v) in grads.bias.iter_mut().zip(row) {
-            *acc += v;
+    // Column runs of the bias gradient per core, each summed over the rows in order.
+    let columns_per_task = PARALLEL_VALUES.div_ceil(b).max(1);
+    grads.bias.par_chunks_mut(columns_per_task).enumerate().for_each(|(i, acc)| {
+        acc.fill(0.0);
+        let first = i * columns_per_task;
+        for row in g.chunks_exact(n_out) {
+            for (acc, v) in acc.iter_mut().zip(&row[first..]) {
+                *acc += v;
+            }
         }
-    }
+    });
 }
 
 /// `g_in += g · W` for a linear layer's output gradient `g` `(b, out)`: its share of an
@@ -131,7 +147,7 @@ pub(super) fn linear_input_gradient_add(g: &[f32], weight: &[f32], g_in: &mut [f
 
 /// Zeroes the gradient `g` wherever the ReLU output `act` is not positive.
 pub(super) fn relu_mask(g: &mut [f32], act: &[f32]) {
-    g.par_chunks_mut(1 << 14).zip(act.par_chunks(1 << 14)).for_each(|(g, act)| {
+    g.par_chunks_mut(PARALLEL_VALUES).zip(act.par_chunks(PARALLEL_VALUES)).for_each(|(g, act)| {
         for (g, a) in g.iter_mut().zip(act) {
             if *a <= 0.0 {
                 *g = 0.0;

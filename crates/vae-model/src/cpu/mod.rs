@@ -7,7 +7,7 @@
 //! fixed, small model on two cores those costs are a large part of a step. [`CpuStep`]
 //! computes the same objective, `(BCE + KL) / B`, and its gradients for every parameter
 //! of the [`Vae`](crate::Vae) with explicit GEMMs (the `gemm` crate that candle's CPU
-//! backend uses, faer for two shapes, bf16 kernels of our own on AMX or AVX-512 BF16
+//! backend uses, the thin wide ones shared out between the cores by hand, bf16 kernels of our own on AMX or AVX-512 BF16
 //! under [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
 //! own (AVX-512, AVX2 or scalar, picked at run time) for the convolutions, one image per
 //! core at a time, all into buffers kept from step to step, the bias, ReLU and loss

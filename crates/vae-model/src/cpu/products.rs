@@ -1,6 +1,7 @@
-//! Matrix products on strided views, through the `gemm` crate (candle's CPU GEMM) or faer.
+//! Matrix products on strided views, through the `gemm` crate (candle's CPU GEMM).
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// A strided matrix view for `gemm`.
 #[derive(Clone, Copy)]
@@ -51,17 +52,97 @@ pub(super) fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, par
 pub(super) fn product(dst: &mut [f32], column_major: bool, a: Mat, b: Mat, accumulate: bool, parallelism: Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && dst.len() == m * n && a.fits() && b.fits(), "matmul: shapes do not match");
-    let (dst_row_stride, dst_col_stride) = if column_major { (1, m) } else { (n, 1) };
+    let strides = if column_major { (1, m) } else { (n, 1) };
     // SAFETY: the assertion keeps every index gemm computes from the shapes and strides
     // inside the three slices; `dst` is borrowed mutably, so it aliases neither input.
+    unsafe { gemm_into(dst.as_mut_ptr(), strides, a, b, accumulate, parallelism) }
+}
+
+/// How [`matmul_per_core`] shares a product out between the cores.
+#[derive(Clone, Copy)]
+pub(super) enum Split {
+    /// Each core computes a run of the output's rows.
+    Rows,
+    /// Each core computes a run of the output's columns.
+    Columns,
+}
+
+/// `dst (row-major) = a · b`, each core computing its share of the output's rows or
+/// columns in one single-threaded gemm call. On the thin wide products (a dimension of 32
+/// to 512 against 18432) gemm's own threading leaves much of the second core idle: on
+/// 2 cores the decoder's input gradient at batch 128 takes 7.2 ms this way against 9.8
+/// through gemm's threads and 9.3 through faer's (Intel Xeon, BENCHMARKS.md 2026-12-05).
+pub(super) fn matmul_per_core(dst: &mut [f32], a: Mat, b: Mat, split: Split) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() == m * n && a.fits() && b.fits(), "matmul: shapes do not match");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let cores = rayon::current_num_threads().max(1);
+    match split {
+        Split::Rows => {
+            let rows = m.div_ceil(cores).max(1);
+            dst.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
+                let a = Mat { data: &a.data[i * rows * a.row_stride..], rows: dst.len() / n, ..a };
+                product(dst, false, a, b, false, Parallelism::None);
+            });
+        }
+        Split::Columns => {
+            let cols = n.div_ceil(cores).max(1);
+            let parts = n.div_ceil(cols);
+            let dst = SharedDst(dst.as_mut_ptr());
+            (0..parts).into_par_iter().for_each(|i| {
+                let first = i * cols;
+                let b = Mat { data: &b.data[first * b.col_stride..], cols: cols.min(n - first), ..b };
+                // SAFETY: the assertion above keeps columns `first..first + b.cols` of
+                // every row of the `m × n` output inside `dst`, which is borrowed
+                // mutably for the call; the parts' columns do not overlap, so no two
+                // threads write the same value, and neither input aliases `dst`.
+                unsafe { gemm_into(dst.at(first), (n, 1), a, b, false, Parallelism::None) }
+            });
+        }
+    }
+}
+
+/// The output of [`matmul_per_core`], shared between the threads that write its
+/// disjoint column runs.
+#[derive(Clone, Copy)]
+struct SharedDst(*mut f32);
+
+// SAFETY: the threads write disjoint parts of the buffer (see `matmul_per_core`).
+unsafe impl Send for SharedDst {}
+// SAFETY: as above.
+unsafe impl Sync for SharedDst {}
+
+impl SharedDst {
+    /// The address of value `offset`; `offset` lies inside the buffer (caller).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `dst = a · b` (or `+=`) through gemm, `dst` with strides `(row, column)`.
+///
+/// # Safety
+/// Every `dst + i·row + j·column` for `i < a.rows`, `j < b.cols` must be writable and
+/// alias neither input, and `a` and `b` must fit their slices ([`Mat::fits`]).
+unsafe fn gemm_into(
+    dst: *mut f32,
+    (row_stride, col_stride): (usize, usize),
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_col_stride as isize,
-            dst_row_stride as isize,
+            a.rows,
+            b.cols,
+            a.cols,
+            dst,
+            col_stride as isize,
+            row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -77,20 +158,4 @@ pub(super) fn product(dst: &mut [f32], column_major: bool, a: Mat, b: Mat, accum
             parallelism,
         );
     }
-}
-
-/// `dst (row-major) = a · b` by faer's matmul (its own x86 kernels, on all cores): faster
-/// than gemm's on the encoder's 512-row chunks (BENCHMARKS.md), and on the shapes
-/// measured the same bits.
-pub(super) fn matmul_faer<'a>(dst: &mut [f32], a: Mat<'a>, b: Mat<'a>) {
-    assert!(b.rows == a.cols && dst.len() == a.rows * b.cols && a.fits() && b.fits(), "matmul: shapes do not match");
-    let view = |m: Mat<'a>| {
-        if m.col_stride == 1 {
-            faer::MatRef::from_row_major_slice_with_stride(m.data, m.rows, m.cols, m.row_stride)
-        } else {
-            faer::MatRef::from_row_major_slice_with_stride(m.data, m.cols, m.rows, m.col_stride).transpose()
-        }
-    };
-    let dst = faer::MatMut::from_row_major_slice_mut(dst, a.rows, b.cols);
-    faer::linalg::matmul::matmul(dst, faer::Accum::Replace, view(a), view(b), 1.0, faer::Par::rayon(0));
 }

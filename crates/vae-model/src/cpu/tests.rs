@@ -238,7 +238,8 @@ fn bf16_precision_stays_near_f32() {
 }
 
 /// The reference's model on more images than a training batch: the encoder's wide
-/// product then runs through faer (`linear_forward`), and still matches candle.
+/// product is then shared out by columns between the cores (`linear_forward`), and still
+/// matches candle.
 #[test]
 fn encode_of_a_large_chunk_matches_candle() {
     let cfg = VaeConfig::default();
