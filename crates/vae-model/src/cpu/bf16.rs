@@ -22,6 +22,8 @@ use std::arch::x86_64::{
 
 use rayon::prelude::*;
 
+use super::SharedMut;
+
 /// Columns of B per panel: four 16-lane registers.
 pub(super) const PANEL: usize = 64;
 /// Rows of A per AMX tile: A's rows are padded with zeros to a multiple of it.
@@ -175,7 +177,7 @@ impl Panels {
         let (pairs, panels) = (self.pairs, n.div_ceil(PANEL));
         // Each thread takes a run of pairs, reading the two rows of each whole.
         let chunk = pairs.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-        let dst = SharedOut(self.data.as_mut_ptr());
+        let dst = SharedMut(self.data.as_mut_ptr());
         (0..pairs).into_par_iter().with_min_len(chunk).for_each(|p| {
             let row = |i: usize| if i < k { &b[i * n..(i + 1) * n] } else { &[] };
             let (lo, hi) = (row(2 * p), row(2 * p + 1));
@@ -216,21 +218,6 @@ impl Panels {
     /// The packed pairs, panel after panel.
     pub fn data(&self) -> &[u32] {
         &self.data
-    }
-}
-
-/// A pointer that threads writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut u32);
-
-// SAFETY: the buffer outlives the parallel loop, and each index is written by one thread.
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(self, i: usize) -> *mut u32 {
-        self.0.wrapping_add(i)
     }
 }
 

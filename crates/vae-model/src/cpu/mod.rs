@@ -7,8 +7,8 @@
 //! fixed, small model on two cores those costs are a large part of a step. [`CpuStep`]
 //! computes the same objective, `(BCE + KL) / B`, and its gradients for every parameter
 //! of the [`Vae`](crate::Vae) with explicit GEMMs (the `gemm` crate that candle's CPU
-//! backend uses, the thin wide ones shared out between the cores by hand, bf16 kernels of our own on AMX or AVX-512 BF16
-//! under [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
+//! backend uses, the thin wide ones shared out between the cores by hand, bf16 kernels
+//! of our own on AMX or AVX-512 BF16 under [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
 //! own (AVX-512, AVX2 or scalar, picked at run time) for the convolutions, one image per
 //! core at a time, all into buffers kept from step to step, the bias, ReLU and loss
 //! gradients fused into single passes. candle's autograd stays the reference: tests
@@ -342,6 +342,31 @@ fn values<'a, G: std::ops::Deref<Target = Storage>>(
             name: "a parameter".into(),
             reason: "must be a contiguous f32 CPU tensor".into(),
         }),
+    }
+}
+
+/// A pointer into one buffer, shared by the threads of a parallel loop that write
+/// disjoint parts of it.
+struct SharedMut<T>(*mut T);
+
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedMut<T> {}
+
+// SAFETY: its users keep the buffer alive over the parallel loop and write each value
+// from one thread only.
+unsafe impl<T> Send for SharedMut<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The address of value `i`; the caller keeps `i` inside the buffer.
+    fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
     }
 }
 

@@ -3,6 +3,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::SharedMut;
+
 /// A strided matrix view for `gemm`.
 #[derive(Clone, Copy)]
 pub(super) struct Mat<'a> {
@@ -90,7 +92,7 @@ pub(super) fn matmul_per_core(dst: &mut [f32], a: Mat, b: Mat, split: Split) {
         Split::Columns => {
             let cols = n.div_ceil(cores).max(1);
             let parts = n.div_ceil(cols);
-            let dst = SharedDst(dst.as_mut_ptr());
+            let dst = SharedMut(dst.as_mut_ptr());
             (0..parts).into_par_iter().for_each(|i| {
                 let first = i * cols;
                 let b = Mat { data: &b.data[first * b.col_stride..], cols: cols.min(n - first), ..b };
@@ -101,23 +103,6 @@ pub(super) fn matmul_per_core(dst: &mut [f32], a: Mat, b: Mat, split: Split) {
                 unsafe { gemm_into(dst.at(first), (n, 1), a, b, false, Parallelism::None) }
             });
         }
-    }
-}
-
-/// The output of [`matmul_per_core`], shared between the threads that write its
-/// disjoint column runs.
-#[derive(Clone, Copy)]
-struct SharedDst(*mut f32);
-
-// SAFETY: the threads write disjoint parts of the buffer (see `matmul_per_core`).
-unsafe impl Send for SharedDst {}
-// SAFETY: as above.
-unsafe impl Sync for SharedDst {}
-
-impl SharedDst {
-    /// The address of value `offset`; `offset` lies inside the buffer (caller).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 
@@ -157,5 +142,33 @@ unsafe fn gemm_into(
             false,
             parallelism,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every split, on odd shapes and transposed views, shared out between three threads
+    /// (uneven parts, one part wider than the rest), gives gemm's single-call product.
+    #[test]
+    fn per_core_products_match_one_product() {
+        let values = |n: usize, seed: usize| (0..n).map(|i| ((i * 37 + seed) % 23) as f32 - 11.0).collect::<Vec<_>>();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (m, k, n) in [(7, 13, 5), (1, 9, 11), (20, 3, 2), (5, 40, 1)] {
+            let (a_rows, a_cols, b_rows, b_cols) =
+                (values(m * k, 1), values(k * m, 2), values(k * n, 3), values(n * k, 4));
+            let a_views = [Mat::rows(&a_rows, m, k), Mat::rows(&a_cols, k, m).t()];
+            let b_views = [Mat::rows(&b_rows, k, n), Mat::rows(&b_cols, n, k).t()];
+            for (a, b) in a_views.iter().flat_map(|a| b_views.iter().map(move |b| (*a, *b))) {
+                let mut want = vec![0.0; m * n];
+                product(&mut want, false, a, b, false, Parallelism::None);
+                for split in [Split::Rows, Split::Columns] {
+                    let mut got = vec![f32::NAN; m * n];
+                    pool.install(|| matmul_per_core(&mut got, a, b, split));
+                    assert_eq!(got, want, "{m}x{k}x{n}");
+                }
+            }
+        }
     }
 }
