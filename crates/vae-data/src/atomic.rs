@@ -9,14 +9,22 @@ use crate::{DataError, Result};
 /// [`DIRECT_WRITE_MIN`] bytes bypass the page cache (`O_DIRECT`): they are synced right
 /// after anyway.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, without building it in memory: a
+/// large file made of pieces that already exist (a header, then tensors in place) costs
+/// no copy of its own size.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     write_atomic_with(path, |tmp| {
         #[cfg(target_os = "linux")]
-        if bytes.len() >= DIRECT_WRITE_MIN
-            && let Some(written) = direct::write(tmp, bytes)
+        if parts.iter().map(|part| part.len()).sum::<usize>() >= DIRECT_WRITE_MIN
+            && let Some(written) = direct::write(tmp, parts)
         {
             return written;
         }
-        File::create(tmp)?.write_all(bytes)
+        let mut file = File::create(tmp)?;
+        parts.iter().try_for_each(|part| file.write_all(part))
     })
 }
 
@@ -41,29 +49,44 @@ mod direct {
     /// Bytes copied into the aligned buffer per write.
     const CHUNK: usize = 8 << 20;
 
-    /// Writes `bytes` to a new file at `path`, the whole blocks with `O_DIRECT` through an
-    /// aligned buffer, the tail normally. `None` where the file system refuses `O_DIRECT`
-    /// (the caller then writes it normally, truncating whatever was written).
-    pub(super) fn write(path: &Path, bytes: &[u8]) -> Option<io::Result<()>> {
+    /// Writes the concatenation of `parts` to a new file at `path`, the whole blocks with
+    /// `O_DIRECT` through an aligned buffer, the tail normally. `None` where the file
+    /// system refuses `O_DIRECT` (the caller then writes it normally, truncating whatever
+    /// was written).
+    pub(super) fn write(path: &Path, parts: &[&[u8]]) -> Option<io::Result<()>> {
         let opened = OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(path);
         let mut file = match opened {
             Ok(file) => file,
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return None,
             Err(err) => return Some(Err(err)),
         };
-        let whole = bytes.len() / BLOCK * BLOCK;
-        let mut room = vec![0u8; CHUNK.min(whole) + BLOCK];
+        let mut room = vec![0u8; CHUNK + BLOCK];
         let start = room.as_ptr().align_offset(BLOCK);
-        let buffer = &mut room[start..][..CHUNK.min(whole)];
-        for (i, chunk) in bytes[..whole].chunks(CHUNK).enumerate() {
-            buffer[..chunk.len()].copy_from_slice(chunk);
-            match file.write_all(&buffer[..chunk.len()]) {
-                Err(err) if i == 0 && err.raw_os_error() == Some(libc::EINVAL) => return None,
+        let buffer = &mut room[start..][..CHUNK];
+        let (mut filled, mut first) = (0, true);
+        for mut part in parts.iter().copied() {
+            while !part.is_empty() {
+                let n = part.len().min(CHUNK - filled);
+                buffer[filled..filled + n].copy_from_slice(&part[..n]);
+                (filled, part) = (filled + n, &part[n..]);
+                if filled == CHUNK {
+                    match file.write_all(buffer) {
+                        Err(err) if first && err.raw_os_error() == Some(libc::EINVAL) => return None,
+                        Err(err) => return Some(Err(err)),
+                        Ok(()) => (filled, first) = (0, false),
+                    }
+                }
+            }
+        }
+        let whole = filled / BLOCK * BLOCK;
+        if whole > 0 {
+            match file.write_all(&buffer[..whole]) {
+                Err(err) if first && err.raw_os_error() == Some(libc::EINVAL) => return None,
                 Err(err) => return Some(Err(err)),
                 Ok(()) => {}
             }
         }
-        Some(write_tail(file, &bytes[whole..]))
+        Some(write_tail(file, &buffer[whole..filled]))
     }
 
     /// Clears `O_DIRECT` on `file` and writes `tail` (less than a block) after what is there.
@@ -87,7 +110,10 @@ mod direct {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("big.bin");
             let bytes: Vec<u8> = (0..super::CHUNK + 3 * super::BLOCK + 123).map(|i| (i * 7 % 251) as u8).collect();
-            if let Some(written) = super::write(&path, &bytes) {
+            // Uneven parts: one ends inside the first chunk, one spans its end.
+            let (head, rest) = bytes.split_at(5);
+            let (middle, tail) = rest.split_at(super::CHUNK - 2);
+            if let Some(written) = super::write(&path, &[head, middle, &[], tail]) {
                 written.unwrap();
                 assert!(std::fs::read(&path).unwrap() == bytes, "the file differs from the bytes");
             }

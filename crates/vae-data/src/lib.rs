@@ -18,7 +18,7 @@ pub mod run;
 pub mod testing;
 pub mod timing;
 
-pub use atomic::{DIRECT_WRITE_MIN, process_running, write_atomic, write_atomic_with};
+pub use atomic::{DIRECT_WRITE_MIN, process_running, write_atomic, write_atomic_parts, write_atomic_with};
 pub use checksum::{Manifest, sha256_file, sha256_hex};
 pub use error::{DataError, Result};
 pub use idx::{IMAGE_SIDE, IdxArray, NUM_CLASSES, Split, SplitKind, decode_idx, load_split};

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::DataError;
@@ -146,14 +146,72 @@ pub fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Writes named tensors (and optional string metadata) as safetensors, atomically
-/// (temporary file, then rename).
+/// (temporary file, then rename), byte for byte what `safetensors::serialize` gives. The
+/// values of f32 tensors on the CPU go to the file from where they lie: no copy of the
+/// file is built in memory (a checkpoint of the reference's model is 230 MB, and fresh
+/// memory is slow on the project's VMs).
 pub fn save_tensors(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)
-        .map_err(|e| DataError::Format { path: path.into(), reason: format!("cannot serialise tensors: {e}") })?;
-    vae_data::write_atomic(path, &bytes)?;
+    use safetensors::View;
+    let format_error = |reason: String| DataError::Format { path: path.into(), reason };
+    let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    // safetensors' own order: the widest dtype first, then by name.
+    named.sort_by(|(left_name, left), (right_name, right)| {
+        View::dtype(right).cmp(&View::dtype(left)).then(left_name.cmp(right_name))
+    });
+    // The tensors that cannot be read in place are copied out first, before the read
+    // locks below are taken (candle's copy takes its own).
+    let copied: Vec<Option<Vec<u8>>> = named
+        .iter()
+        .map(|(_, t)| {
+            let (storage, layout) = t.storage_and_layout();
+            let in_place = f32_bytes_in_place(&storage, layout).is_some();
+            drop(storage);
+            (!in_place).then(|| t.data().into_owned())
+        })
+        .collect();
+    let storages: Vec<_> = named.iter().map(|(_, t)| t.storage_and_layout()).collect();
+    let mut data = Vec::with_capacity(named.len());
+    let (mut infos, mut offset) = (Vec::with_capacity(named.len()), 0);
+    for (((name, t), copied), (storage, layout)) in named.iter().zip(&copied).zip(&storages) {
+        let bytes = match copied {
+            Some(bytes) => bytes.as_slice(),
+            None => f32_bytes_in_place(storage, layout)
+                .ok_or_else(|| format_error(format!("tensor {name} changed while being written")))?,
+        };
+        let info = safetensors::tensor::TensorInfo {
+            dtype: View::dtype(t),
+            shape: t.dims().to_vec(),
+            data_offsets: (offset, offset + bytes.len()),
+        };
+        offset += bytes.len();
+        infos.push((name.to_string(), info));
+        data.push(bytes);
+    }
+    let header = safetensors::tensor::Metadata::new(metadata, infos)
+        .and_then(|header| Ok(serde_json::to_vec(&header)?))
+        .map_err(|e| format_error(format!("cannot serialise tensors: {e}")))?;
+    let padding = header.len().next_multiple_of(8) - header.len();
+    let length = ((header.len() + padding) as u64).to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![&length, &header, &b"        "[..padding]];
+    parts.extend(data);
+    vae_data::write_atomic_parts(path, &parts)?;
     Ok(())
+}
+
+/// The bytes of an f32 tensor's values on the CPU, where they lie, as safetensors stores
+/// them (little-endian); `None` for other tensors, and on a big-endian machine.
+fn f32_bytes_in_place<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [u8]> {
+    match storage {
+        Storage::Cpu(CpuStorage::F32(values)) if cfg!(target_endian = "little") => {
+            let (start, end) = layout.contiguous_offsets()?;
+            let values = &values[start..end];
+            // SAFETY: any initialised f32 is 4 initialised bytes, and u8 has alignment 1.
+            Some(unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values)) })
+        }
+        _ => None,
+    }
 }

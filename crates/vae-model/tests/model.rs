@@ -152,6 +152,29 @@ fn save_load_reproduces_outputs_and_bad_files_are_errors() {
 
 /// One NaN in a bias or an infinity in a weight is refused with the tensor's name
 /// (a ReLU would turn a NaN into silent zeros downstream).
+/// `save_tensors` writes f32 tensors from where they lie and copies the rest: the file is
+/// byte for byte `safetensors::serialize`'s, for tensors of several dtypes, views with an
+/// offset or transposed, metadata, and a total past the direct-write threshold.
+#[test]
+fn saved_files_are_safetensors_own_bytes() {
+    let dev = Device::Cpu;
+    let big = Tensor::arange(0f32, (vae_data::DIRECT_WRITE_MIN / 4 + 1000) as f32, &dev).unwrap();
+    let grid = Tensor::arange(0f32, 35.0, &dev).unwrap().reshape((5, 7)).unwrap();
+    let tensors = HashMap::from([
+        ("b.big".to_string(), big),
+        ("a.narrow".to_string(), grid.narrow(0, 2, 3).unwrap()),
+        ("c.transposed".to_string(), grid.t().unwrap()),
+        ("d.labels".to_string(), Tensor::new(&[3i64, 1, 4], &dev).unwrap()),
+        ("e.bytes".to_string(), Tensor::new(&[1u8, 5, 9], &dev).unwrap()),
+        ("f.halves".to_string(), Tensor::new(&[1.5f32, -2.0], &dev).unwrap().to_dtype(DType::BF16).unwrap()),
+    ]);
+    let metadata = HashMap::from([("format".to_string(), "test".to_string())]);
+    let path = tmp("mixed.safetensors");
+    save_tensors(&path, &tensors, Some(metadata.clone())).unwrap();
+    let expected = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata)).unwrap();
+    assert!(std::fs::read(&path).unwrap() == expected, "the file differs from safetensors::serialize");
+}
+
 #[test]
 fn non_finite_weights_are_refused_by_name() {
     let (varmap, _) = fresh(5);

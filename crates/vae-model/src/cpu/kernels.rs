@@ -10,21 +10,27 @@ use crate::{Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 
 /// Products that reduce over at least this many values (the encoder's 18432→512 forward
 /// at batch 128 and on `encode`'s 512-image chunks, the decoder's 18432→512 input
-/// gradient), and weight gradients with at least this many output rows (the decoder's
-/// last layer), go through [`matmul_per_core`].
+/// gradient) go through [`matmul_per_core`], by columns.
 const LONG_REDUCTION: usize = 4096;
 
+/// Weight gradients with at least this many rows (the decoder's last layer, 18432 × 512)
+/// go through [`matmul_per_core`], by rows.
+const MANY_WEIGHT_ROWS: usize = 4096;
+
 /// Batches of at most this many rows go through [`linear_forward`]'s column-major product.
-const COLUMN_MAJOR_ROWS: usize = 128;
+/// At batch 128 the plain product is faster for the decoder's widening layer (its forward
+/// 20.7/21.8 ms through the column-major product, 16.6/17.9 ms plain, the whole step's
+/// pass 4 ms shorter; Intel Xeon, 2026-12-05); batch 32 gains from the column-major one.
+const COLUMN_MAJOR_ROWS: usize = 64;
 
 /// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. A narrowing layer with
-/// a [`LONG_REDUCTION`] on at least [`COLUMN_MAJOR_ROWS`] rows is shared out by columns
+/// a [`LONG_REDUCTION`] on more than [`COLUMN_MAJOR_ROWS`] rows is shared out by columns
 /// between the cores ([`matmul_per_core`]: the product at batch 128 8.7 ms against 10.2
-/// through faer and 17.5 through gemm's threads, Intel Xeon, 2026-12-05). Otherwise, for fewer
-/// rows, the product is computed column-major into `scratch` and
-/// transposed back: gemm then reads the weight in place instead of packing it. For a
-/// widening layer (512→18432) it is done only with gemm's AVX-512 kernels:
-/// there (AMD EPYC Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
+/// through faer and 17.5 through gemm's threads, Intel Xeon, 2026-12-05). Otherwise, for
+/// at most [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch`
+/// and transposed back: gemm then reads the weight in place instead of packing it. For a
+/// widening layer (512→18432) it is done only with gemm's AVX-512 kernels: there (AMD EPYC
+/// Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
 /// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md). With `bf16`, the
 /// product is [`bf16::matmul`]'s, its operands packed there.
 pub(super) fn linear_forward(
@@ -44,7 +50,7 @@ pub(super) fn linear_forward(
         return;
     }
     let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
-    if n_in > n_out && n_in >= LONG_REDUCTION && b >= COLUMN_MAJOR_ROWS {
+    if n_in > n_out && n_in >= LONG_REDUCTION && b > COLUMN_MAJOR_ROWS {
         matmul_per_core(out, x, weight_t, Split::Columns);
         add_bias(out, p.bias, relu);
         return;
@@ -86,9 +92,9 @@ const PARALLEL_VALUES: usize = 1 << 14;
 /// input `x` `(b, in)`: the weight's and bias's into `grads`, the input's into `g_in` if
 /// given; with `bf16`, both products are [`bf16::matmul`]'s. In f32 the decoder's wide
 /// layer shares its products out between the cores ([`matmul_per_core`]): the weight
-/// gradient by rows (18432 × 128 × 512: 6.0 against 6.4 ms through gemm's threads), the
-/// input gradient, a [`LONG_REDUCTION`], by columns (7.2 against 9.8 ms, faer 9.3; Intel
-/// Xeon, AVX-512 + AMX, 2026-12-05).
+/// gradient, [`MANY_WEIGHT_ROWS`], by rows (18432 × 128 × 512: 6.0 against 6.4 ms
+/// through gemm's threads), the input gradient, a [`LONG_REDUCTION`], by columns (7.2
+/// against 9.8 ms, faer 9.3; Intel Xeon, AVX-512 + AMX, 2026-12-05).
 pub(super) fn linear_backward(
     g: &[f32],
     x: &[f32],
@@ -111,7 +117,7 @@ pub(super) fn linear_backward(
         }
         None => {
             let (g_t, x) = (Mat::rows(g, b, n_out).t(), Mat::rows(x, b, n_in));
-            if n_out >= LONG_REDUCTION {
+            if n_out >= MANY_WEIGHT_ROWS {
                 matmul_per_core(&mut grads.weight, g_t, x, Split::Rows);
             } else {
                 matmul(&mut grads.weight, g_t, x, false);

@@ -238,8 +238,9 @@ fn bf16_precision_stays_near_f32() {
 }
 
 /// The reference's model on more images than a training batch: the encoder's wide
-/// product is then shared out by columns between the cores (`linear_forward`), and still
-/// matches candle.
+/// product is then shared out by columns between the cores, and the decoder's widening
+/// product on its 128- and 72-row chunks is the plain one, not the column-major one
+/// (`linear_forward`); both still match candle.
 #[test]
 fn encode_of_a_large_chunk_matches_candle() {
     let cfg = VaeConfig::default();
@@ -250,10 +251,13 @@ fn encode_of_a_large_chunk_matches_candle() {
     let pixels = mnist_images(n);
     let x = Tensor::from_vec(pixels.clone(), (n, 1, 28, 28), &Device::Cpu).unwrap();
     let (mu, logvar) = vae.encode(&x).unwrap();
-    let (our_mu, our_logvar) = CpuStep::new(&cfg, &varmap).unwrap().encode(&pixels).unwrap();
+    let mut step = CpuStep::new(&cfg, &varmap).unwrap();
+    let (our_mu, our_logvar) = step.encode(&pixels).unwrap();
     for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
         let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
     }
+    assert!(n > DECODE_ROWS);
+    assert_decoder_matches(&mut step, &vae, &x, &pixels);
 }
