@@ -150,8 +150,6 @@ fn save_load_reproduces_outputs_and_bad_files_are_errors() {
     assert!(err.contains("14x14"), "{err}");
 }
 
-/// One NaN in a bias or an infinity in a weight is refused with the tensor's name
-/// (a ReLU would turn a NaN into silent zeros downstream).
 /// `save_tensors` writes f32 tensors from where they lie and copies the rest: the file is
 /// byte for byte `safetensors::serialize`'s, for tensors of several dtypes, views with an
 /// offset or transposed, metadata, and a total past the direct-write threshold.
@@ -175,6 +173,8 @@ fn saved_files_are_safetensors_own_bytes() {
     assert!(std::fs::read(&path).unwrap() == expected, "the file differs from safetensors::serialize");
 }
 
+/// One NaN in a bias or an infinity in a weight is refused with the tensor's name
+/// (a ReLU would turn a NaN into silent zeros downstream).
 #[test]
 fn non_finite_weights_are_refused_by_name() {
     let (varmap, _) = fresh(5);
