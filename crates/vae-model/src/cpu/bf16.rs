@@ -15,8 +15,9 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
-    __m512bh, __m512i, __mmask16, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512,
-    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_shuffle_i32x4,
+    __m256bh, __m256i, __m512bh, __m512i, __mmask16, _mm512_cvtepu16_epi32, _mm512_cvtne2ps_pbh, _mm512_cvtneps_pbh,
+    _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+    _mm512_or_si512, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_shuffle_i32x4, _mm512_slli_epi32,
     _mm512_storeu_si512, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
 };
 
@@ -51,6 +52,16 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) | (bf16_bits(hi) << 16)
 }
 
+/// Lengthens `data` to at least `len` values, never shortening it: the operands of the
+/// layers' products take turns in one buffer, and shrinking it made every longer one
+/// zero-fill up to 19 MB before packing it (the whole bf16 pass at batch 128 109.0 / 104.2
+/// against 100.9 / 101.2 ms, Intel Xeon, 2026-12-05).
+fn grow(data: &mut Vec<u32>, len: usize) {
+    if data.len() < len {
+        data.resize(len, 0);
+    }
+}
+
 /// Kept room for the two operands of one product at a time.
 #[derive(Default)]
 pub(super) struct Operands {
@@ -74,7 +85,7 @@ impl PairRows {
     pub fn set_rows(&mut self, x: &[f32], rows: usize, k: usize) {
         self.reshape(rows, k);
         let pairs = self.pairs;
-        self.data.par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, row)| {
+        self.data[..rows * pairs].par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, row)| {
             let (whole, rest) = row.split_at(k / 2 * 2);
             let (dst, padding) = dst.split_at_mut(k.div_ceil(2));
             for (d, v) in dst.iter_mut().zip(whole.chunks_exact(2)) {
@@ -108,10 +119,13 @@ impl PairRows {
         });
     }
 
+    /// Sizes the operand for `rows × k`, zeroing its padding rows; the packers write every
+    /// pair of the rows themselves.
     fn reshape(&mut self, rows: usize, k: usize) {
         (self.rows, self.pairs) = (rows, k.div_ceil(2).next_multiple_of(TILE_PAIRS));
-        self.data.resize(rows.next_multiple_of(TILE_ROWS) * self.pairs, 0);
-        self.data[rows * self.pairs..].fill(0);
+        let len = rows.next_multiple_of(TILE_ROWS) * self.pairs;
+        grow(&mut self.data, len);
+        self.data[rows * self.pairs..len].fill(0);
     }
 
     /// Its rows (without the padding).
@@ -126,7 +140,7 @@ impl PairRows {
 
     /// The packed pairs, row after row, padding rows included.
     pub fn data(&self) -> &[u32] {
-        &self.data
+        &self.data[..self.rows.next_multiple_of(TILE_ROWS) * self.pairs]
     }
 }
 
@@ -146,7 +160,8 @@ impl Panels {
         self.reshape(k, n);
         let pairs = self.pairs;
         // Blocks of 16 columns × 16 pairs: 16 rows of `w` read, one 16 × 16 transpose.
-        self.data.par_chunks_mut(pairs * PANEL).enumerate().for_each(|(panel, dst)| {
+        let len = self.len();
+        self.data[..len].par_chunks_mut(pairs * PANEL).enumerate().for_each(|(panel, dst)| {
             for block in (0..pairs).step_by(16) {
                 for group in (0..PANEL).step_by(16) {
                     let c = panel * PANEL + group;
@@ -178,6 +193,7 @@ impl Panels {
         // Each thread takes a run of pairs, reading the two rows of each whole.
         let chunk = pairs.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
         let dst = SharedMut(self.data.as_mut_ptr());
+        let vector = crate::machine::has_avx512_bf16();
         (0..pairs).into_par_iter().with_min_len(chunk).for_each(|p| {
             let row = |i: usize| if i < k { &b[i * n..(i + 1) * n] } else { &[] };
             let (lo, hi) = (row(2 * p), row(2 * p + 1));
@@ -187,7 +203,14 @@ impl Panels {
                 let out = unsafe { std::slice::from_raw_parts_mut(dst.at((panel * pairs + p) * PANEL), PANEL) };
                 let c0 = panel * PANEL;
                 if c0 + PANEL <= n && !hi.is_empty() {
-                    for ((d, lo), hi) in out.iter_mut().zip(&lo[c0..c0 + PANEL]).zip(&hi[c0..c0 + PANEL]) {
+                    let (lo, hi) = (&lo[c0..c0 + PANEL], &hi[c0..c0 + PANEL]);
+                    #[cfg(target_arch = "x86_64")]
+                    if vector {
+                        // SAFETY: the CPU has AVX-512 F and BF16, checked above.
+                        unsafe { interleave_panel_row(lo, hi, out) };
+                        continue;
+                    }
+                    for ((d, lo), hi) in out.iter_mut().zip(lo).zip(hi) {
                         *d = pair(*lo, *hi);
                     }
                 } else {
@@ -200,9 +223,17 @@ impl Panels {
         });
     }
 
+    /// Sizes the operand for `k × n`; the packers write every pair of every panel,
+    /// padding included.
     fn reshape(&mut self, k: usize, n: usize) {
         (self.pairs, self.cols) = (k.div_ceil(2).next_multiple_of(TILE_PAIRS), n);
-        self.data.resize(self.cols.div_ceil(PANEL) * self.pairs * PANEL, 0);
+        let len = self.len();
+        grow(&mut self.data, len);
+    }
+
+    /// Values of the panels, padding included.
+    fn len(&self) -> usize {
+        self.cols.div_ceil(PANEL) * self.pairs * PANEL
     }
 
     /// Its columns (without the padding).
@@ -217,7 +248,31 @@ impl Panels {
 
     /// The packed pairs, panel after panel.
     pub fn data(&self) -> &[u32] {
-        &self.data
+        &self.data[..self.len()]
+    }
+}
+
+/// One pair of a panel: `out[c] = pair(lo[c], hi[c])` for the [`PANEL`] columns, with the
+/// CPU's conversion (to nearest, ties to even, as [`pair`]; it also flushes subnormal
+/// values to zero, which [`pair`] keeps); four times faster than the scalar loop, which
+/// the baseline x86-64 build runs four lanes wide.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave_panel_row(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+    assert!(lo.len() == PANEL && hi.len() == PANEL && out.len() == PANEL);
+    for j in (0..PANEL).step_by(16) {
+        // SAFETY: 16 values at `j` in each slice, by the assertion; the transmutes
+        // reinterpret 256 bits.
+        unsafe {
+            let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(j)));
+            let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(j)));
+            let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(lo));
+            let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi));
+            _mm512_storeu_si512(out.as_mut_ptr().add(j).cast(), _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi)));
+        }
     }
 }
 

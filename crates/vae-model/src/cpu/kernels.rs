@@ -90,7 +90,11 @@ const PARALLEL_VALUES: usize = 1 << 14;
 
 /// Gradients of a linear layer from the gradient `g` `(b, out)` of its output and its
 /// input `x` `(b, in)`: the weight's and bias's into `grads`, the input's into `g_in` if
-/// given; with `bf16`, both products are [`bf16::matmul`]'s. In f32 the decoder's wide
+/// given; with `bf16`, both products are [`bf16::matmul`]'s, except a widening layer's on
+/// AMX: there the f32 products are faster (the decoder's backward pass at batch 128
+/// 20.5 against 23.4 ms, at batch 32 10.5 against 14.0; Intel Xeon, 2026-12-05), as
+/// the weight gradient's 37.7 MB of output and the packing of both operands, not the
+/// arithmetic, set the pace. In f32 the decoder's wide
 /// layer shares its products out between the cores ([`matmul_per_core`]): the weight
 /// gradient, [`MANY_WEIGHT_ROWS`], by rows (18432 × 128 × 512: 6.0 against 6.4 ms
 /// through gemm's threads), the input gradient, a [`LONG_REDUCTION`], by columns (7.2
@@ -104,6 +108,7 @@ pub(super) fn linear_backward(
     (b, bf16): (usize, Option<&mut Operands>),
 ) {
     let (n_out, n_in) = (g.len() / b, x.len() / b);
+    let bf16 = bf16.filter(|_| n_out <= n_in || bf16::Kernel::best() != Some(bf16::Kernel::Amx));
     match bf16 {
         Some(ops) => {
             ops.a.set_transposed(g, b, n_out);

@@ -52,8 +52,9 @@ pub enum Precision {
     F32,
     /// The products of the two wide layers (the encoder's first fully-connected layer and
     /// the decoder's last: three quarters of the work), forward and both gradients, with
-    /// their operands rounded to bfloat16 and f32 accumulation; the weights, the other
-    /// layers and the optimiser stay f32. Computed on AMX tiles where the process may use
+    /// their operands rounded to bfloat16 and f32 accumulation (on AMX the decoder's two
+    /// gradients stay f32, which is faster there); the weights, the other layers and the
+    /// optimiser stay f32. Computed on AMX tiles where the process may use
     /// them ([`crate::machine::amx_bf16_granted`]), otherwise on AVX-512 BF16
     /// ([`crate::machine::has_avx512_bf16`]); [`crate::machine::bf16_isa`] says which.
     Bf16,
