@@ -3,7 +3,7 @@
 Not run by CI. Install PyTorch (`pip install torch`) and run
 `python3 crates/bench/pytorch_step.py [--threads 2] [--bf16]`; it prints the median
 (and spread) of 7 timed steps after 2 warm-ups at batch 128 and 32, and the encoder at batch 500,
-on random images, in the line format of `cargo xtask bench` (which runs it interleaved with
+on the first MNIST training images of `--mnist DIR` (random pixels without it), in the line format of `cargo xtask bench` (which runs it interleaved with
 its own step under `cargo xtask bench --pytorch PYTHON`). `--bf16` runs the forward pass and
 the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (f32 master weights). With
 `--mnist DIR` it also times one bare training loop over the first `--pass-images` MNIST
@@ -89,7 +89,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass and the loss")
-    parser.add_argument("--mnist", help="MNIST directory: also time one training loop over its first images")
+    parser.add_argument("--mnist", help="MNIST directory: the step and the encoder run on its first training images "
+                        "(random pixels without it), and one training loop over its first --pass-images is timed")
     parser.add_argument("--pass-images", type=int, default=6400, help="images of that loop")
     args = parser.parse_args()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
@@ -109,14 +110,14 @@ def main():
         ((bce + kl) / batch).backward()
         opt.step()
 
+    first = mnist_images(args.mnist, 500) if args.mnist else torch.rand(500, 1, 28, 28)
     for batch in (128, 32):
-        x = torch.rand(batch, 1, 28, 28)
+        x = first[:batch]
         med, lo, hi = timed(lambda: step(x))
         print(f"training step, batch {batch:3}: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  "
               f"{batch / med:6.0f} images/s")
-    x = torch.rand(500, 1, 28, 28)
     with torch.no_grad(), autocast():
-        med, lo, hi = timed(lambda: model.encode(x))
+        med, lo, hi = timed(lambda: model.encode(first))
     print(f"encoder, 500 images: {med * 1e3:7.1f} ms (spread {lo * 1e3:.1f}-{hi * 1e3:.1f})  {500 / med:7.0f} images/s")
     if args.mnist:
         images = mnist_images(args.mnist, args.pass_images)

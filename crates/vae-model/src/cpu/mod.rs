@@ -8,7 +8,9 @@
 //! computes the same objective, `(BCE + KL) / B`, and its gradients for every parameter
 //! of the [`Vae`](crate::Vae) with explicit GEMMs (the `gemm` crate that candle's CPU
 //! backend uses, the thin wide ones shared out between the cores by hand, bf16 kernels
-//! of our own on AMX or AVX-512 BF16 under [`Precision::Bf16`]) for the fully-connected layers, direct convolution kernels of our
+//! of our own on AMX or AVX-512 BF16 under [`Precision::Bf16`]) for the fully-connected layers, in f32
+//! restricted to the features a ReLU left alive in the batch around the two wide ones (`live`),
+//! direct convolution kernels of our
 //! own (AVX-512, AVX2 or scalar, picked at run time) for the convolutions, one image per
 //! core at a time, all into buffers kept from step to step, the bias, ReLU and loss
 //! gradients fused into single passes. candle's autograd stays the reference: tests
@@ -19,6 +21,7 @@ mod amx;
 mod bf16;
 mod conv;
 mod kernels;
+mod live;
 mod pass;
 mod products;
 #[cfg(test)]

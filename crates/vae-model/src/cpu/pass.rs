@@ -9,6 +9,7 @@ use super::kernels::{
     ImportanceSamples, Posterior, iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add,
     loss_gradient, relu_mask,
 };
+use super::live::LiveFeatures;
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
 
@@ -49,6 +50,14 @@ pub(super) struct Buffers {
     /// Each code's normalised importance weight over `B` (the importance-weighted
     /// objective only; empty for the VAE's).
     iw_weights: Vec<f32>,
+    /// The live features of the second convolution's output, which the encoder's wide
+    /// layer reads, and of the decoder's wide layer's output: in f32 those layers'
+    /// products run on them only ([`LiveFeatures`]).
+    conv2_live: LiveFeatures,
+    dec_linear3_live: LiveFeatures,
+    /// Keeps every product dense (for the tests of the dense path).
+    #[cfg(test)]
+    pub dense_only: bool,
     /// Room for the bf16 operands of the two wide layers' products, under
     /// [`super::Precision::Bf16`] (`None`: f32).
     pub bf16: Option<Operands>,
@@ -96,10 +105,20 @@ impl Buffers {
         }
     }
 
+    /// Whether the wide layers' products may run on the live features only: in f32.
+    fn may_restrict(&self) -> bool {
+        #[cfg(test)]
+        if self.dense_only {
+            return false;
+        }
+        self.bf16.is_none()
+    }
+
     /// The encoder: `x` to `mu` and `logvar`, keeping what the backward pass needs. The
     /// convolutions run `conv_rows` images at a time (their buffers hold that many), the
     /// fully-connected layers on all `b` at once.
     pub fn encode(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>, x: &[f32], conv_rows: usize) {
+        let restrict = self.may_restrict() && t.conv2.relu;
         let (o, tm) = (&mut self.out, &mut self.times.layers);
         let (pixels, flat) = (t.conv1.input_len(), t.conv2.output_len());
         for (x, a2) in x.chunks(conv_rows * pixels).zip(o.conv2.chunks_mut(conv_rows * flat)) {
@@ -108,9 +127,13 @@ impl Buffers {
             timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, w.conv1, a1));
             timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, w.conv2, a2));
         }
-        let (s, wide) = (&mut self.scratch, self.bf16.as_mut());
+        let (s, wide, live) = (&mut self.scratch, self.bf16.as_mut(), &mut self.conv2_live);
         timed(&mut tm.enc_linear[FORWARD], || {
-            linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, (b, wide), s)
+            if live.find(&o.conv2, t.enc_linear.inputs, restrict) {
+                live.narrowing_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, b);
+            } else {
+                linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, (b, wide), s);
+            }
         });
         timed(&mut tm.enc_linear2[FORWARD], || {
             linear_forward(&t.enc_linear2, &o.enc_linear, w.enc_linear2, &mut o.enc_linear2, (b, None), s)
@@ -176,6 +199,13 @@ impl Buffers {
         })
     }
 
+    /// Whether the last pass ran the two wide layers' products on the live features only
+    /// (the encoder's, the decoder's).
+    #[cfg(test)]
+    pub fn restricted(&self) -> [bool; 2] {
+        [self.conv2_live.is_active(), self.dec_linear3_live.is_active()]
+    }
+
     /// The codes the decoder reads, `rows × latent_dim` (after [`Buffers::resize`]).
     pub fn codes(&mut self) -> &mut [f32] {
         &mut self.z
@@ -208,6 +238,7 @@ impl Buffers {
         (x, eps): (&[f32], &[f32]),
         grads: &mut Layers<Grads>,
     ) {
+        let restrict = self.may_restrict() && t.dec_linear3.relu;
         let (o, g, tm) = (&self.out, &mut self.grad_out, &mut self.times);
         let (rows, latent) = (b * samples, t.mu.outputs);
         timed(&mut tm.layers.deconv2[BACKWARD], || {
@@ -218,9 +249,13 @@ impl Buffers {
             deconv_backward(&t.deconv1, g_out, &o.dec_linear3, w.deconv1.weight, &mut grads.deconv1, g_in);
         });
         timed(&mut tm.layers.dec_linear3[BACKWARD], || {
-            let (g_out, g_in) = (&g.dec_linear3, &mut g.dec_linear2);
-            let wide = (rows, self.bf16.as_mut());
-            linear_backward(g_out, &o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3, Some(g_in), wide);
+            let (g_out, g_in, live) = (&g.dec_linear3, &mut g.dec_linear2, &mut self.dec_linear3_live);
+            let (x, weight, grads) = (&o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3);
+            if live.find(&o.dec_linear3, t.dec_linear3.outputs, restrict) {
+                live.widening_backward(g_out, (x, weight), grads, g_in, rows);
+            } else {
+                linear_backward(g_out, x, weight, grads, Some(g_in), (rows, self.bf16.as_mut()));
+            }
             relu_mask(g_in, &o.dec_linear2);
         });
         timed(&mut tm.layers.dec_linear2[BACKWARD], || {
@@ -272,9 +307,12 @@ impl Buffers {
             relu_mask(g_in, &o.enc_linear);
         });
         timed(&mut tm.layers.enc_linear[BACKWARD], || {
-            let (g_out, g_in) = (&g.enc_linear, &mut g.conv2);
-            let wide = (b, self.bf16.as_mut());
-            linear_backward(g_out, &o.conv2, w.enc_linear.weight, &mut grads.enc_linear, Some(g_in), wide);
+            let (g_out, g_in, grads) = (&g.enc_linear, &mut g.conv2, &mut grads.enc_linear);
+            if self.conv2_live.is_active() {
+                self.conv2_live.narrowing_backward(g_out, grads, g_in, b);
+            } else {
+                linear_backward(g_out, &o.conv2, w.enc_linear.weight, grads, Some(g_in), (b, self.bf16.as_mut()));
+            }
             relu_mask(g_in, &o.conv2);
         });
         timed(&mut tm.layers.conv2[BACKWARD], || {
