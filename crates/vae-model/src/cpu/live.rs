@@ -16,9 +16,46 @@ use super::kernels::{linear_backward, linear_forward};
 use super::{Grads, Params};
 use crate::Layer;
 
-/// The products are restricted only when at least this share of the features is dead
-/// (1/8): below it, gathering the weight costs about what the skipped arithmetic saves.
-const DEAD_SHARE_DENOMINATOR: usize = 8;
+/// When the products run on the live features only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Restrict {
+    /// Never (bf16, a layer without a ReLU).
+    Never,
+    /// When enough features are dead for it to pay ([`Side::min_dead_share`]).
+    #[default]
+    WhenItPays,
+    /// Whenever a feature is dead and one is live (for the tests of the restricted path).
+    #[cfg(test)]
+    Always,
+}
+
+/// Which side of a wide layer the features are on.
+#[derive(Clone, Copy)]
+pub(super) enum Side {
+    /// Its input (a narrowing layer, 18432 → 512): the weight's live columns are gathered
+    /// once for its forward pass and both gradients.
+    Input,
+    /// Its output (a widening layer, 512 → 18432): the weight's live rows are gathered and
+    /// the weight gradient's rows scattered for its two gradient products only.
+    Output,
+}
+
+impl Side {
+    /// The share of dead features, `(numerator, denominator)`, from which the restricted
+    /// products pay for gathering and scattering: with fewer rows (a smaller batch) the
+    /// products save less against the same weight traffic. Measured on an AMD EPYC Zen 1
+    /// (BENCHMARKS.md, 2026-12-06), where the gathers cost 5–15 ms a layer: the break-even
+    /// lay near 10 % and 28 % dead for the encoder's wide layer at batch 128 and 32, near
+    /// 20 % and 36 % for the decoder's.
+    fn min_dead_share(self, rows: usize) -> (usize, usize) {
+        match (self, rows >= 64) {
+            (Self::Input, true) => (1, 8),
+            (Self::Input, false) => (1, 3),
+            (Self::Output, true) => (1, 4),
+            (Self::Output, false) => (2, 5),
+        }
+    }
+}
 
 /// Marks a dead feature in [`LiveFeatures::slot`].
 const DEAD: u32 = u32::MAX;
@@ -47,13 +84,14 @@ pub(super) struct LiveFeatures {
 }
 
 impl LiveFeatures {
-    /// Finds the live features of `act` (rows of `n` values) when `enabled`, and decides
-    /// whether the restricted products pay: at least one feature is live and at least
-    /// 1/[`DEAD_SHARE_DENOMINATOR`] of them are dead. Returns (and remembers, for
+    /// Finds the live features of `act` (rows of `n` values), on the `side` of a wide
+    /// layer, unless `restrict` is [`Restrict::Never`], and decides whether the restricted
+    /// products run: at least one feature is live and, under [`Restrict::WhenItPays`], at
+    /// least [`Side::min_dead_share`] of them are dead. Returns (and remembers, for
     /// [`LiveFeatures::is_active`]) that decision.
-    pub fn find(&mut self, act: &[f32], n: usize, enabled: bool) -> bool {
+    pub fn find(&mut self, act: &[f32], (n, side): (usize, Side), restrict: Restrict) -> bool {
         self.active = false;
-        if !enabled || n == 0 {
+        if restrict == Restrict::Never || n == 0 {
             return false;
         }
         self.slot.clear();
@@ -79,8 +117,13 @@ impl LiveFeatures {
                 self.index.push(j as u32);
             }
         }
+        let (part, whole) = match restrict {
+            #[cfg(test)]
+            Restrict::Always => (1, n),
+            _ => side.min_dead_share(act.len() / n),
+        };
         let live = self.index.len();
-        self.active = live > 0 && (n - live) * DEAD_SHARE_DENOMINATOR >= n;
+        self.active = live > 0 && (n - live) * whole >= n * part;
         self.active
     }
 
@@ -238,7 +281,7 @@ mod tests {
         let p = Params { weight: &weight, bias: &bias };
 
         let mut live = LiveFeatures::default();
-        assert!(live.find(&x, l.inputs, true));
+        assert!(live.find(&x, (l.inputs, Side::Input), Restrict::WhenItPays));
         assert_eq!(live.index.len(), (0..l.inputs).filter(|j| !dead(*j)).count());
         let (mut want_out, mut out) = (vec![0.0; b * l.outputs], vec![f32::NAN; b * l.outputs]);
         linear_forward(&l, &x, p, &mut want_out, (b, None), &mut Vec::new());
@@ -276,7 +319,7 @@ mod tests {
         let weight = activations(l.outputs, l.inputs, |_| false, 8);
 
         let mut live = LiveFeatures::default();
-        assert!(live.find(&out, l.outputs, true));
+        assert!(live.find(&out, (l.outputs, Side::Output), Restrict::WhenItPays));
         let (mut want, mut got) = (grads(&l), grads(&l));
         let (mut want_in, mut got_in) = (vec![0.0; b * l.inputs], vec![f32::NAN; b * l.inputs]);
         linear_backward(&g, &x, &weight, &mut want, Some(&mut want_in), (b, None));
@@ -289,18 +332,24 @@ mod tests {
         }
     }
 
-    /// Too few dead features, none live, or the restriction switched off: the dense
-    /// products run.
+    /// Too few dead features for the side and the number of rows, none live, or the
+    /// restriction switched off: the dense products run.
     #[test]
     fn restriction_only_when_it_pays() {
         let mut live = LiveFeatures::default();
-        let some_dead = activations(4, 80, |j| j < 9, 9);
-        assert!(!live.find(&some_dead, 80, true), "9 of 80 dead is below 1/8");
-        assert!(!live.is_active());
-        let ten_dead = activations(4, 80, |j| j < 10, 9);
-        assert!(live.find(&ten_dead, 80, true));
-        assert!(live.is_active());
-        assert!(!live.find(&ten_dead, 80, false));
-        assert!(!live.find(&vec![0.0; 320], 80, true), "all dead");
+        let dead = |rows: usize, count: usize| activations(rows, 120, move |j| j < count, 9);
+        for (rows, side, least) in
+            [(64, Side::Input, 15), (63, Side::Input, 40), (64, Side::Output, 30), (8, Side::Output, 48)]
+        {
+            let (few, enough) = (dead(rows, least - 1), dead(rows, least));
+            assert!(!live.find(&few, (120, side), Restrict::WhenItPays), "{rows} rows, {} of 120 dead", least - 1);
+            assert!(!live.is_active());
+            assert!(live.find(&few, (120, side), Restrict::Always));
+            assert!(live.find(&enough, (120, side), Restrict::WhenItPays), "{rows} rows, {least} of 120 dead");
+            assert!(live.is_active());
+            assert!(!live.find(&enough, (120, side), Restrict::Never));
+        }
+        assert!(!live.find(&dead(4, 0), (120, Side::Input), Restrict::Always), "none dead");
+        assert!(!live.find(&vec![0.0; 320], (80, Side::Input), Restrict::Always), "all dead");
     }
 }

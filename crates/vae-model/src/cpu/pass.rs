@@ -9,7 +9,7 @@ use super::kernels::{
     ImportanceSamples, Posterior, iw_loss_gradient, linear_backward, linear_forward, linear_input_gradient_add,
     loss_gradient, relu_mask,
 };
-use super::live::LiveFeatures;
+use super::live::{LiveFeatures, Restrict, Side};
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
 
@@ -55,9 +55,9 @@ pub(super) struct Buffers {
     /// products run on them only ([`LiveFeatures`]).
     conv2_live: LiveFeatures,
     dec_linear3_live: LiveFeatures,
-    /// Keeps every product dense (for the tests of the dense path).
-    #[cfg(test)]
-    pub dense_only: bool,
+    /// When the wide layers' f32 products run on the live features only (the tests
+    /// force either path).
+    pub restrict: Restrict,
     /// Room for the bf16 operands of the two wide layers' products, under
     /// [`super::Precision::Bf16`] (`None`: f32).
     pub bf16: Option<Operands>,
@@ -105,20 +105,17 @@ impl Buffers {
         }
     }
 
-    /// Whether the wide layers' products may run on the live features only: in f32.
-    fn may_restrict(&self) -> bool {
-        #[cfg(test)]
-        if self.dense_only {
-            return false;
-        }
-        self.bf16.is_none()
+    /// When the wide layer next to `relu` (whether a ReLU sits there) may run on the live
+    /// features only: never in bf16 or without the ReLU.
+    fn restrict(&self, relu: bool) -> Restrict {
+        if self.bf16.is_none() && relu { self.restrict } else { Restrict::Never }
     }
 
     /// The encoder: `x` to `mu` and `logvar`, keeping what the backward pass needs. The
     /// convolutions run `conv_rows` images at a time (their buffers hold that many), the
     /// fully-connected layers on all `b` at once.
     pub fn encode(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>, x: &[f32], conv_rows: usize) {
-        let restrict = self.may_restrict() && t.conv2.relu;
+        let restrict = self.restrict(t.conv2.relu);
         let (o, tm) = (&mut self.out, &mut self.times.layers);
         let (pixels, flat) = (t.conv1.input_len(), t.conv2.output_len());
         for (x, a2) in x.chunks(conv_rows * pixels).zip(o.conv2.chunks_mut(conv_rows * flat)) {
@@ -129,7 +126,7 @@ impl Buffers {
         }
         let (s, wide, live) = (&mut self.scratch, self.bf16.as_mut(), &mut self.conv2_live);
         timed(&mut tm.enc_linear[FORWARD], || {
-            if live.find(&o.conv2, t.enc_linear.inputs, restrict) {
+            if live.find(&o.conv2, (t.enc_linear.inputs, Side::Input), restrict) {
                 live.narrowing_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, b);
             } else {
                 linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, (b, wide), s);
@@ -238,7 +235,7 @@ impl Buffers {
         (x, eps): (&[f32], &[f32]),
         grads: &mut Layers<Grads>,
     ) {
-        let restrict = self.may_restrict() && t.dec_linear3.relu;
+        let restrict = self.restrict(t.dec_linear3.relu);
         let (o, g, tm) = (&self.out, &mut self.grad_out, &mut self.times);
         let (rows, latent) = (b * samples, t.mu.outputs);
         timed(&mut tm.layers.deconv2[BACKWARD], || {
@@ -251,7 +248,7 @@ impl Buffers {
         timed(&mut tm.layers.dec_linear3[BACKWARD], || {
             let (g_out, g_in, live) = (&g.dec_linear3, &mut g.dec_linear2, &mut self.dec_linear3_live);
             let (x, weight, grads) = (&o.dec_linear2, w.dec_linear3.weight, &mut grads.dec_linear3);
-            if live.find(&o.dec_linear3, t.dec_linear3.outputs, restrict) {
+            if live.find(&o.dec_linear3, (t.dec_linear3.outputs, Side::Output), restrict) {
                 live.widening_backward(g_out, (x, weight), grads, g_in, rows);
             } else {
                 linear_backward(g_out, x, weight, grads, Some(g_in), (rows, self.bf16.as_mut()));
