@@ -207,8 +207,8 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
 }
 
 /// The first `n` MNIST training images of the project's copy, `(n, 1, 28, 28)` in [0, 1]:
-/// the CPU step skips the features a ReLU leaves dead in a batch (the blank borders' first
-/// of all), so it is timed on the images it trains on, as PyTorch's side is.
+/// the CPU step skips the features a ReLU leaves dead in a batch, which random pixels
+/// hardly leave, so it is timed on the images it trains on, as PyTorch's side is.
 fn mnist(n: usize) -> Tensor {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
     let train = vae_data::load_split(&dir, vae_data::SplitKind::Train).unwrap();

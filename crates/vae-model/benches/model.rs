@@ -20,8 +20,8 @@ fn model() -> (VarMap, Vae) {
 }
 
 /// The first `n` MNIST training images of the project's copy, flattened, in [0, 1]: the
-/// products skip the features a ReLU leaves dead in a batch (the blank borders' first of
-/// all), so the kernels are timed on the images they train on, not on random pixels.
+/// products skip the features a ReLU leaves dead in a batch, which random pixels hardly
+/// leave, so the kernels are timed on the images they train on.
 fn mnist(n: usize) -> Vec<f32> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
     let train = vae_data::load_split(&dir, vae_data::SplitKind::Train).unwrap();

@@ -4,7 +4,8 @@
 //! convolution's output, which the encoder's first fully-connected layer reads, and the
 //! decoder's last fully-connected layer's own output. Many of those features are zero for
 //! every image of a batch (after one epoch of training about 30 % and 53 % of them at batch
-//! 128, the image borders most). Such a feature adds nothing to the products that read it,
+//! 128: in the encoder whole channels and more often near the image's edges, in the
+//! decoder all over the map). Such a feature adds nothing to the products that read it,
 //! and its gradient is zero in those that write it, so the products run on the live
 //! features only, gathered into contiguous operands, and the results are scattered back,
 //! with exact zeros for the dead features. The sums are the same terms without the zero
