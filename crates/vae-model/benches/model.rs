@@ -1,7 +1,10 @@
 //! `cargo bench -p vae-model --bench model` (part of `cargo xtask bench`): where the CPU
 //! step spends its time, layer by layer, and the encoder on the CPU kernels against
 //! candle's graph, and `vae-train`'s test-set evaluation (both conventions) the same two
-//! ways. `--quick` for fewer repetitions, `--only ops|encoder|evaluation` for one section.
+//! ways. `--quick` for fewer repetitions, `--only ops|encoder|evaluation` for one section,
+//! `--weights MODEL.safetensors` to time a trained model (a `vae-train` output) instead of
+//! a freshly initialised one: the share of features a ReLU leaves dead, which the products
+//! skip, grows with training.
 
 use std::hint::black_box;
 
@@ -11,10 +14,14 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
 use vae_model::{CpuStep, Precision, Vae, VaeConfig, init_varmap, posterior_kl, sampled_codes};
 
-fn model() -> (VarMap, Vae) {
+/// The reference's model, initialised (seed 0) or with the weights of `weights`.
+fn model(weights: Option<&str>) -> (VarMap, Vae) {
     let cfg = VaeConfig::default();
-    let varmap = VarMap::new();
+    let mut varmap = VarMap::new();
     init_varmap(&varmap, &cfg, 0, &Device::Cpu).unwrap();
+    if let Some(path) = weights {
+        varmap.load(path).unwrap_or_else(|e| panic!("--weights {path}: {e}"));
+    }
     let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
     (varmap, vae)
 }
@@ -44,8 +51,8 @@ fn precisions() -> Vec<(Precision, &'static str)> {
 
 /// Where a [`CpuStep`] forward and backward pass spends its time at `batch`, layer by
 /// layer (medians over the repetitions).
-fn per_layer(batch: usize, reps: usize, (precision, label): (Precision, &str)) {
-    let (varmap, vae) = model();
+fn per_layer(batch: usize, reps: usize, (precision, label): (Precision, &str), weights: Option<&str>) {
+    let (varmap, vae) = model(weights);
     let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
     step.set_precision(precision).unwrap();
     let (pixels, noise) = (mnist(batch), uniform(batch * 10, 2));
@@ -68,8 +75,8 @@ fn per_layer(batch: usize, reps: usize, (precision, label): (Precision, &str)) {
 
 /// The encoder on 500 images: the CPU kernels that `latent-features` uses, and candle's
 /// graph for reference.
-fn encoder(reps: usize) {
-    let (varmap, vae) = model();
+fn encoder(reps: usize, weights: Option<&str>) {
+    let (varmap, vae) = model(weights);
     let pixels = mnist(500);
     let x = Tensor::from_slice(&pixels, (500, 1, 28, 28), &Device::Cpu).unwrap();
     let mut step = CpuStep::new(vae.config(), &varmap).unwrap();
@@ -95,8 +102,8 @@ fn encoder(reps: usize) {
 /// The per-epoch test evaluation of `vae-train` on 500 images, z sampled and z = mu: the
 /// CPU kernels (the encoder, then the decoder on the sampled codes and on the means, as
 /// `vae-train` does) and candle's graph.
-fn evaluation(reps: usize) {
-    let (varmap, vae) = model();
+fn evaluation(reps: usize, weights: Option<&str>) {
+    let (varmap, vae) = model(weights);
     let (pixels, noise) = (mnist(500), uniform(500 * 10, 5));
     let x = Tensor::from_slice(&pixels, (500, 1, 28, 28), &Device::Cpu).unwrap();
     let eps = Tensor::from_slice(&noise, (500, 10), &Device::Cpu).unwrap();
@@ -120,17 +127,18 @@ fn main() {
     let reps = if args.iter().any(|a| a == "--quick") { 3 } else { 7 };
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
     let run = |section: &str| only.is_empty() || only.contains(&section);
+    let weights = args.windows(2).find(|w| w[0] == "--weights").map(|w| w[1].as_str());
     if run("ops") {
         for precision in precisions() {
             for batch in [128, 32] {
-                per_layer(batch, reps, precision);
+                per_layer(batch, reps, precision, weights);
             }
         }
     }
     if run("encoder") {
-        encoder(reps);
+        encoder(reps, weights);
     }
     if run("evaluation") {
-        evaluation(reps);
+        evaluation(reps, weights);
     }
 }
