@@ -3,8 +3,9 @@
 Not run by CI. Install PyTorch (`pip install torch`) and run
 `python3 crates/bench/pytorch_step.py [--threads 2] [--bf16]`; it prints the median
 (and spread) of 7 timed steps after 2 warm-ups at batch 128 and 32, and the encoder at batch 500,
-on the first MNIST training images of `--mnist DIR` (random pixels without it), in the line format of `cargo xtask bench` (which runs it interleaved with
-its own step under `cargo xtask bench --pytorch PYTHON`). `--bf16` runs the forward pass and
+on the first MNIST training images of `--mnist DIR` (random pixels without it), in the line
+format of `cargo xtask bench` (which runs it interleaved with its own step under
+`cargo xtask bench --pytorch PYTHON`). `--bf16` runs the forward pass and
 the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (f32 master weights). With
 `--mnist DIR` it also times one bare training loop over the first `--pass-images` MNIST
 training images at batch 128 (the images already in memory), to set beside a whole

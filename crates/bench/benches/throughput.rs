@@ -210,9 +210,8 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
 /// the CPU step skips the features a ReLU leaves dead in a batch, which random pixels
 /// hardly leave, so it is timed on the images it trains on, as PyTorch's side is.
 fn mnist(n: usize) -> Tensor {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
-    let train = vae_data::load_split(&dir, vae_data::SplitKind::Train).unwrap();
-    Tensor::from_vec(train.gather_f32(&(0..n).collect::<Vec<_>>()), (n, 1, 28, 28), &Device::Cpu).unwrap()
+    let pixels = vae_data::testing::project_mnist_images(vae_data::SplitKind::Train, n);
+    Tensor::from_vec(pixels, (n, 1, 28, 28), &Device::Cpu).unwrap()
 }
 
 /// How a step is computed.

@@ -10,3 +10,16 @@ pub fn skip_slow_tests() -> bool {
     }
     skip
 }
+
+/// The MNIST copy that ships with the project (`data/mnist`), for tests and benches.
+pub fn project_mnist_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")
+}
+
+/// The first `n` images of a split of [`project_mnist_dir`], flattened, in [0, 1]. Panics
+/// (it is for tests and benches) if the files are unreadable or hold fewer than `n` images.
+pub fn project_mnist_images(kind: crate::SplitKind, n: usize) -> Vec<f32> {
+    let split = crate::load_split(&project_mnist_dir(), kind).expect("the project's MNIST copy in data/mnist");
+    assert!(n <= split.len(), "{n} images asked of a split of {}", split.len());
+    split.gather_f32(&(0..n).collect::<Vec<_>>())
+}

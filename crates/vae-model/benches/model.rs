@@ -30,9 +30,7 @@ fn model(weights: Option<&str>) -> (VarMap, Vae) {
 /// products skip the features a ReLU leaves dead in a batch, which random pixels hardly
 /// leave, so the kernels are timed on the images they train on.
 fn mnist(n: usize) -> Vec<f32> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
-    let train = vae_data::load_split(&dir, vae_data::SplitKind::Train).unwrap();
-    train.gather_f32(&(0..n).collect::<Vec<_>>())
+    vae_data::testing::project_mnist_images(vae_data::SplitKind::Train, n)
 }
 
 fn uniform(n: usize, seed: u64) -> Vec<f32> {

@@ -78,7 +78,8 @@ pub(super) struct LiveFeatures {
     operand: Vec<f32>,
     /// The gathered weight: its live columns (a narrowing layer) or rows (a widening one).
     weight: Vec<f32>,
-    /// The restricted product's input gradient (a narrowing layer), `rows × live`.
+    /// The restricted product's input gradient (a narrowing layer), `rows × live`; room
+    /// for the forward product's column-major result before that.
     input_gradient: Vec<f32>,
     /// The restricted products' weight and bias gradients.
     grads: Grads,

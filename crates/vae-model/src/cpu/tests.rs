@@ -9,9 +9,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 
 fn mnist_images(n: usize) -> Vec<f32> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
-    let test = vae_data::load_split(&dir, vae_data::SplitKind::Test).unwrap();
-    test.gather_f32(&(0..n).collect::<Vec<_>>())
+    vae_data::testing::project_mnist_images(vae_data::SplitKind::Test, n)
 }
 
 /// Every parameter's gradient left in `step` is within 1e-4 (relative to its largest
