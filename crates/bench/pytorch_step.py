@@ -9,7 +9,9 @@ format of `cargo xtask bench` (which runs it interleaved with its own step under
 the loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (f32 master weights). With
 `--mnist DIR` it also times one bare training loop over the first `--pass-images` MNIST
 training images at batch 128 (the images already in memory), to set beside a whole
-`vae-train` process on the same images.
+`vae-train` process on the same images. `--weights MODEL.safetensors` starts from a
+trained model (a `vae-train` output, same tensor names; needs the `safetensors` package)
+instead of PyTorch's initialisation.
 """
 
 import contextlib
@@ -93,11 +95,16 @@ def main():
     parser.add_argument("--mnist", help="MNIST directory: the step and the encoder run on its first training images "
                         "(random pixels without it), and one training loop over its first --pass-images is timed")
     parser.add_argument("--pass-images", type=int, default=6400, help="images of that loop")
+    parser.add_argument("--weights", help="a vae-train model.safetensors to start from")
     args = parser.parse_args()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Vae()
+    if args.weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.weights))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{', bf16 autocast' if args.bf16 else ''}")
 

@@ -5,7 +5,7 @@
 //! with the ratios printed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -27,6 +27,12 @@ pub struct BenchArgs {
     /// f32 and bf16 autocast, interleaved for --rounds rounds
     #[arg(long, value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
+    /// Time a trained model (a `vae-train` model.safetensors) instead of a freshly
+    /// initialised one: our training step and encoder and, with --pytorch, PyTorch's
+    /// (which then needs the `safetensors` package); our training pass, a whole
+    /// `vae-train` run, still starts from the initialisation
+    #[arg(long, value_name = "MODEL")]
+    weights: Option<PathBuf>,
     /// Rounds of the side-by-side comparison
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: u32,
@@ -34,13 +40,18 @@ pub struct BenchArgs {
 
 /// Runs the benchmark as `args` say.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    // Absolute: each bench runs in its own crate's directory.
+    let weights = match &args.weights {
+        Some(path) => Some(std::fs::canonicalize(path).with_context(|| format!("--weights {}", path.display()))?),
+        None => None,
+    };
     match &args.pytorch {
         None => {
-            let output = ours(args.quick, &args.only, false)?;
+            let output = ours(args.quick, &args.only, false, weights.as_deref())?;
             print!("{output}");
             Ok(())
         }
-        Some(python) => side_by_side(python, args.rounds),
+        Some(python) => side_by_side(python, args.rounds, weights.as_deref()),
     }
 }
 
@@ -52,9 +63,13 @@ const BENCHES: [(&str, &str, &[&str]); 4] = [
     ("viz", "tsne", &["tsne"]),
 ];
 
-/// Runs the benches that hold the sections in `only` (all when empty); returns their
-/// standard output (streamed to the terminal as well unless `capture`).
-fn ours(quick: bool, only: &[String], capture: bool) -> anyhow::Result<String> {
+/// The benches that time the model (and take `--weights`).
+const MODEL_BENCHES: [&str; 2] = ["throughput", "model"];
+
+/// Runs the benches that hold the sections in `only` (all when empty), those of the
+/// model from `weights` if given; returns their standard output (streamed to the
+/// terminal as well unless `capture`).
+fn ours(quick: bool, only: &[String], capture: bool, weights: Option<&Path>) -> anyhow::Result<String> {
     let known: Vec<&str> = BENCHES.iter().flat_map(|(_, _, sections)| sections.iter().copied()).collect();
     if let Some(unknown) = only.iter().find(|s| !known.contains(&s.as_str())) {
         bail!("unknown section '{unknown}' for --only: expected one of {}", known.join(", "));
@@ -70,6 +85,9 @@ fn ours(quick: bool, only: &[String], capture: bool) -> anyhow::Result<String> {
         cmd.args(["bench", "-p", package, "--bench", bench, "--"]);
         if quick {
             cmd.arg("--quick");
+        }
+        if let Some(weights) = weights.filter(|_| MODEL_BENCHES.contains(&bench)) {
+            cmd.arg("--weights").arg(weights);
         }
         if !only.is_empty() && sections.len() > 1 {
             for section in wanted {
@@ -153,7 +171,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
+/// Our step, encoder and training pass and PyTorch's (`python` running
+/// crates/bench/pytorch_step.py), interleaved for `rounds` rounds, then the medians and
+/// their ratios.
+fn side_by_side(python: &Path, rounds: u32, weights: Option<&Path>) -> anyhow::Result<()> {
     let script = project_root().join("crates/bench/pytorch_step.py");
     let threads = std::thread::available_parallelism().map_or(2, usize::from).to_string();
     let torch = |bf16: bool| -> anyhow::Result<String> {
@@ -162,6 +183,9 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
         cmd.arg("--mnist").arg(project_root().join("data/mnist"));
         if bf16 {
             cmd.arg("--bf16");
+        }
+        if let Some(weights) = weights {
+            cmd.arg("--weights").arg(weights);
         }
         let output = cmd.output().with_context(|| format!("running {}", python.display()))?;
         if !output.status.success() {
@@ -173,8 +197,9 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
     // than f32 (measured on a Zen 3): not a comparison worth minutes per round.
     let bf16 = native_bf16();
     println!(
-        "CPU: {}, {threads} threads; {rounds} rounds of: ours, PyTorch f32{}",
+        "CPU: {}, {threads} threads; {}; {rounds} rounds of: ours, PyTorch f32{}",
         cpu_model(),
+        weights.map_or("initialised models".into(), |w| format!("the model {}", w.display())),
         if bf16 { ", PyTorch bf16 autocast" } else { " (no native bf16 on this CPU: bf16 autocast skipped)" }
     );
     // Ours f32, PyTorch f32, PyTorch bf16 autocast, ours with --precision bf16 (where
@@ -186,7 +211,7 @@ fn side_by_side(python: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
     }
     let mut samples: [BTreeMap<&str, Vec<f64>>; 4] = Default::default();
     for round in 1..=rounds {
-        let ours = ours(true, &["step".into(), "encoder".into()], true)?;
+        let ours = ours(true, &["step".into(), "encoder".into()], true, weights)?;
         let (mut f32_, mut bf16_) = (parse(&ours, ""), parse(&ours, " (bf16)"));
         f32_.insert(PASS_FIGURE, our_pass("f32")?);
         if our_bf16 {

@@ -4,16 +4,16 @@
 //!
 //! Each figure is the median over repeated runs after a warm-up, with the spread
 //! (min–max). Pass `--quick` for fewer repetitions, `--only SECTION` (peak, step,
-//! autograd; repeatable) to run only some sections. The per-layer breakdown and the
+//! autograd; repeatable) to run only some sections, `--weights MODEL.safetensors` to time
+//! the step from a trained model (a `vae-train` output) instead of an initialised one. The per-layer breakdown and the
 //! encoder are `vae-model`'s bench, the LinearSVC fit `classifier`'s, t-SNE `viz`'s.
 
 use std::hint::black_box;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
-use vae_model::{CpuStep, Precision, Vae, VaeConfig, init_varmap, loss_terms};
+use vae_model::{CpuStep, Precision, load_or_init_vae, loss_terms};
 use vae_train::adam::{Adam, AdamConfig, named_vars};
 
 fn gemm_peak(threads: usize, reps: usize) -> f64 {
@@ -193,14 +193,6 @@ fn fma_chains_avx512(iters: usize) -> f32 {
     _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)))
 }
 
-fn model(dev: &Device) -> (VarMap, Vae) {
-    let cfg = VaeConfig::default();
-    let varmap = VarMap::new();
-    init_varmap(&varmap, &cfg, 0, dev).unwrap();
-    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();
-    (varmap, vae)
-}
-
 fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
     let n = shape.iter().product();
     Tensor::from_vec((0..n).map(|_| rng.random::<f32>()).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
@@ -223,10 +215,11 @@ enum Path {
     Autograd,
 }
 
-/// One training step (forward, backward, Adam) at `batch`, along `path`.
-fn training_step(batch: usize, reps: usize, peaks: Peaks, path: Path) {
-    let dev = Device::Cpu;
-    let (varmap, vae) = model(&dev);
+/// One training step (forward, backward, Adam) at `batch`, along `path`, from the
+/// weights of `weights` (a `vae-train` output) or from the initialisation of seed 0.
+fn training_step(batch: usize, reps: usize, peaks: Peaks, (path, weights): (Path, Option<&std::path::Path>)) {
+    let (vae, varmap) =
+        load_or_init_vae(weights, 0, &Device::Cpu).unwrap_or_else(|e| panic!("--weights {weights:?}: {e}"));
     let mut adam = Adam::new(named_vars(&varmap).unwrap(), AdamConfig::default());
     let mut cpu_step = CpuStep::new(vae.config(), &varmap).unwrap();
     let autograd = path == Path::Autograd;
@@ -292,6 +285,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--only").map(|w| w[1].as_str()).collect();
+    let weights = args.windows(2).find(|w| w[0] == "--weights").map(|w| std::path::Path::new(&w[1]));
     if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(s)) {
         eprintln!("unknown section '{unknown}' for --only: expected one of {}", SECTIONS.join(", "));
         std::process::exit(2);
@@ -317,13 +311,13 @@ fn main() {
     }
     for batch in [128, 32] {
         if run("step") {
-            training_step(batch, reps, peaks, Path::Cpu(Precision::F32));
+            training_step(batch, reps, peaks, (Path::Cpu(Precision::F32), weights));
             if vae_model::machine::has_avx512_bf16() {
-                training_step(batch, reps, peaks, Path::Cpu(Precision::Bf16));
+                training_step(batch, reps, peaks, (Path::Cpu(Precision::Bf16), weights));
             }
         }
         if run("autograd") {
-            training_step(batch, reps, peaks, Path::Autograd);
+            training_step(batch, reps, peaks, (Path::Autograd, weights));
         }
     }
 }

@@ -8,21 +8,16 @@
 
 use std::hint::black_box;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use vae_data::timing::measure;
-use vae_model::{CpuStep, Precision, Vae, VaeConfig, init_varmap, posterior_kl, sampled_codes};
+use vae_model::{CpuStep, Precision, Vae, load_or_init_vae, posterior_kl, sampled_codes};
 
 /// The reference's model, initialised (seed 0) or with the weights of `weights`.
 fn model(weights: Option<&str>) -> (VarMap, Vae) {
-    let cfg = VaeConfig::default();
-    let mut varmap = VarMap::new();
-    init_varmap(&varmap, &cfg, 0, &Device::Cpu).unwrap();
-    if let Some(path) = weights {
-        varmap.load(path).unwrap_or_else(|e| panic!("--weights {path}: {e}"));
-    }
-    let vae = Vae::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let (vae, varmap) = load_or_init_vae(weights.map(std::path::Path::new), 0, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("--weights {weights:?}: {e}"));
     (varmap, vae)
 }
 

@@ -51,8 +51,8 @@ pub use error::{Result, VaeError};
 pub use layers::{Conv2d, ConvTranspose2d, Linear, col2im_add, im2col};
 pub use likelihood::{Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 pub use weights::{
-    ParamSpec, init_varmap, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors, take_tensor,
-    varmap_tensors,
+    ParamSpec, init_varmap, load_or_init_vae, load_vae, load_varmap, parameter_specs, read_tensors, save_tensors,
+    take_tensor, varmap_tensors,
 };
 
 /// The device named by `spec`: `cpu`, or `cuda` / `cuda:N` (GPU N), which needs a build

@@ -86,6 +86,19 @@ pub fn load_vae(path: &Path, device: &Device) -> Result<(crate::Vae, VarMap, Vec
     Ok((vae, varmap, extra))
 }
 
+/// The model of a safetensors file ([`load_vae`]), or without one the reference's model
+/// initialised from `seed` ([`init_varmap`]).
+pub fn load_or_init_vae(path: Option<&Path>, seed: u64, device: &Device) -> Result<(crate::Vae, VarMap)> {
+    if let Some(path) = path {
+        let (vae, varmap, _) = load_vae(path, device)?;
+        return Ok((vae, varmap));
+    }
+    let (cfg, varmap) = (VaeConfig::default(), VarMap::new());
+    init_varmap(&varmap, &cfg, seed, device)?;
+    let vae = crate::Vae::new(&cfg, candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    Ok((vae, varmap))
+}
+
 /// Removes tensor `name` from `tensors`, checking that it is `f32` of shape `shape`.
 pub fn take_tensor(path: &Path, tensors: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
     let file = path.display().to_string();

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::bf16::{self, Operands};
-use super::products::{Mat, Split, matmul, matmul_per_core, parallelism_for, product};
+use super::products::{Mat, Split, matmul, matmul_per_core, parallelism_for, product, unaliased};
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 
@@ -49,17 +49,18 @@ pub(super) fn linear_forward(
         add_bias(out, p.bias, relu);
         return;
     }
-    let (x, weight_t) = (Mat::rows(x, b, n_in), Mat::rows(p.weight, n_out, n_in).t());
-    if n_in > n_out && n_in >= LONG_REDUCTION && b > COLUMN_MAJOR_ROWS {
-        matmul_per_core(out, x, weight_t, Split::Columns);
-        add_bias(out, p.bias, relu);
-        return;
-    }
+    let x = Mat::rows(x, b, n_in);
     if b > COLUMN_MAJOR_ROWS || (n_in < n_out && !crate::machine::gemm_uses_avx512()) {
-        matmul(out, x, weight_t, false);
+        let weight_t = unaliased(p.weight, (n_out, n_in), scratch).t();
+        if n_in > n_out && n_in >= LONG_REDUCTION && b > COLUMN_MAJOR_ROWS {
+            matmul_per_core(out, x, weight_t, Split::Columns);
+        } else {
+            matmul(out, x, weight_t, false);
+        }
         add_bias(out, p.bias, relu);
         return;
     }
+    let weight_t = Mat::rows(p.weight, n_out, n_in).t();
     if scratch.len() < out.len() {
         scratch.resize(out.len(), 0.0);
     }

@@ -24,6 +24,8 @@ mod kernels;
 mod live;
 mod pass;
 mod products;
+mod simd;
+mod sparse;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +34,7 @@ use candle_nn::VarMap;
 
 use crate::{Layer, Layers, Likelihood, Result, VaeConfig, VaeError};
 use pass::Buffers;
+use sparse::SparseInput;
 
 use kernels::reconstruction_per_code;
 
@@ -95,6 +98,8 @@ pub struct CpuStep {
     params: Layers<[Tensor; 2]>,
     grads: Option<Layers<Grads>>,
     buf: Buffers,
+    /// The encoder's wide layer on sparse inputs, for [`CpuStep::encode`].
+    sparse: SparseInput,
     likelihood: Likelihood,
     kl_weight: f32,
 }
@@ -138,7 +143,15 @@ impl CpuStep {
         })?;
         drop(data);
         let likelihood = cfg.likelihood;
-        Ok(Self { table, params, grads: None, buf: Buffers::default(), likelihood, kl_weight: 1.0 })
+        Ok(Self {
+            table,
+            params,
+            grads: None,
+            buf: Buffers::default(),
+            sparse: SparseInput::default(),
+            likelihood,
+            kl_weight: 1.0,
+        })
     }
 
     /// The gradient of the last step's objective for parameter `name` (`None` before
@@ -290,13 +303,14 @@ impl CpuStep {
         let batch = batch_size(t, x, None)?;
         let latent = t.mu.outputs;
         let (mut mu, mut logvar) = (Vec::with_capacity(batch * latent), Vec::with_capacity(batch * latent));
-        let buf = &mut self.buf;
+        let (buf, sparse) = (&mut self.buf, &mut self.sparse);
         buf.times = Default::default();
+        sparse.new_weights();
         with_weights(&self.params, |w| {
             for x in x.chunks(ENCODE_ROWS * t.conv1.input_len()) {
                 let rows = x.len() / t.conv1.input_len();
                 buf.resize(t, rows, rows.min(ENCODE_CONV_ROWS), 0);
-                buf.encode(t, rows, w, x, ENCODE_CONV_ROWS);
+                buf.encode(t, (rows, ENCODE_CONV_ROWS), w, x, Some(&mut *sparse));
                 mu.extend_from_slice(&buf.out.mu);
                 logvar.extend_from_slice(&buf.out.var);
             }

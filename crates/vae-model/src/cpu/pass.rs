@@ -10,6 +10,7 @@ use super::kernels::{
     loss_gradient, relu_mask,
 };
 use super::live::{LiveFeatures, Restrict, Side};
+use super::sparse::SparseInput;
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Layers, Likelihood};
 
@@ -113,8 +114,17 @@ impl Buffers {
 
     /// The encoder: `x` to `mu` and `logvar`, keeping what the backward pass needs. The
     /// convolutions run `conv_rows` images at a time (their buffers hold that many), the
-    /// fully-connected layers on all `b` at once.
-    pub fn encode(&mut self, t: &Layers<Layer>, b: usize, w: &Layers<Params>, x: &[f32], conv_rows: usize) {
+    /// fully-connected layers on all `b` at once; with `sparse` (inference only: it keeps
+    /// nothing for a backward pass), the first of them on the second convolution's
+    /// non-zero outputs, in f32, if few enough of them are non-zero.
+    pub fn encode(
+        &mut self,
+        t: &Layers<Layer>,
+        (b, conv_rows): (usize, usize),
+        w: &Layers<Params>,
+        x: &[f32],
+        sparse: Option<&mut SparseInput>,
+    ) {
         let restrict = self.restrict(t.conv2.relu);
         let (o, tm) = (&mut self.out, &mut self.times.layers);
         let (pixels, flat) = (t.conv1.input_len(), t.conv2.output_len());
@@ -124,12 +134,17 @@ impl Buffers {
             timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, w.conv1, a1));
             timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, w.conv2, a2));
         }
+        let sparse = sparse.filter(|_| self.bf16.is_none());
         let (s, wide, live) = (&mut self.scratch, self.bf16.as_mut(), &mut self.conv2_live);
         timed(&mut tm.enc_linear[FORWARD], || {
-            if live.find(&o.conv2, (t.enc_linear.inputs, Side::Input), restrict) {
-                live.narrowing_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, b);
+            let (l, x, p, out) = (&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear);
+            if sparse.is_some_and(|sparse| sparse.forward(l, x, p, out, b)) {
+                return;
+            }
+            if live.find(x, (l.inputs, Side::Input), restrict) {
+                live.narrowing_forward(l, x, p, out, b);
             } else {
-                linear_forward(&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear, (b, wide), s);
+                linear_forward(l, x, p, out, (b, wide), s);
             }
         });
         timed(&mut tm.enc_linear2[FORWARD], || {
@@ -149,7 +164,7 @@ impl Buffers {
         x: &[f32],
         eps: &[f32],
     ) {
-        self.encode(t, b, w, x, b);
+        self.encode(t, (b, b), w, x, None);
         let (o, tm) = (&mut self.out, &mut self.times);
         let latent = t.mu.outputs;
         timed(&mut tm.loss[FORWARD], || {

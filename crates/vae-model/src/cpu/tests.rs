@@ -93,14 +93,8 @@ fn encode_in_chunks_matches_candle() {
     let n = ENCODE_ROWS + ENCODE_CONV_ROWS + 3;
     let pixels = mnist_images(n);
     let x = Tensor::from_vec(pixels.clone(), (n, 1, 28, 28), &Device::Cpu).unwrap();
-    let (mu, logvar) = vae.encode(&x).unwrap();
     let mut step = CpuStep::new(&cfg, &varmap).unwrap();
-    let (our_mu, our_logvar) = step.encode(&pixels).unwrap();
-    for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
-        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
-    }
+    assert_encoder_matches(&mut step, &vae, &x, &pixels);
     assert!(n > DECODE_ROWS);
     assert_decoder_matches(&mut step, &vae, &x, &pixels);
 }
@@ -247,7 +241,9 @@ fn bf16_precision_stays_near_f32() {
 /// The reference's model on more images than a training batch: the encoder's wide
 /// product is then shared out by columns between the cores, and the decoder's widening
 /// product on its 128- and 72-row chunks is the plain one, not the column-major one
-/// (`linear_forward`); both still match candle.
+/// (`linear_forward`); both still match candle. Then, the second convolution's bias
+/// lowered until few of its outputs are non-zero, the encoder's wide layer on them alone
+/// (`SparseInput`) matches candle too.
 #[test]
 fn encode_of_a_large_chunk_matches_candle() {
     let cfg = VaeConfig::default();
@@ -257,14 +253,25 @@ fn encode_of_a_large_chunk_matches_candle() {
     let n = 200;
     let pixels = mnist_images(n);
     let x = Tensor::from_vec(pixels.clone(), (n, 1, 28, 28), &Device::Cpu).unwrap();
-    let (mu, logvar) = vae.encode(&x).unwrap();
     let mut step = CpuStep::new(&cfg, &varmap).unwrap();
-    let (our_mu, our_logvar) = step.encode(&pixels).unwrap();
+    assert_encoder_matches(&mut step, &vae, &x, &pixels);
+    assert!(!step.sparse.has_run(), "most outputs of the initial model's convolution are non-zero");
+    assert!(n > DECODE_ROWS);
+    assert_decoder_matches(&mut step, &vae, &x, &pixels);
+
+    let bias = varmap.data().lock().unwrap()["enc.conv2.bias"].clone();
+    bias.set(&(bias.as_tensor() - 0.1).unwrap()).unwrap();
+    assert_encoder_matches(&mut step, &vae, &x, &pixels);
+    assert!(step.sparse.has_run(), "the lowered bias leaves few outputs non-zero");
+}
+
+/// [`CpuStep::encode`] of `pixels` (the images `x`) gives candle's posterior.
+fn assert_encoder_matches(step: &mut CpuStep, vae: &Vae, x: &Tensor, pixels: &[f32]) {
+    let (mu, logvar) = vae.encode(x).unwrap();
+    let (our_mu, our_logvar) = step.encode(pixels).unwrap();
     for (want, got) in [(mu, our_mu), (logvar, our_logvar)] {
         let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(want.len() == got.len() && diff < 1e-4, "encoder differs by {diff}");
     }
-    assert!(n > DECODE_ROWS);
-    assert_decoder_matches(&mut step, &vae, &x, &pixels);
 }
