@@ -305,7 +305,6 @@ impl CpuStep {
         let (mut mu, mut logvar) = (Vec::with_capacity(batch * latent), Vec::with_capacity(batch * latent));
         let (buf, sparse) = (&mut self.buf, &mut self.sparse);
         buf.times = Default::default();
-        sparse.new_weights();
         with_weights(&self.params, |w| {
             for x in x.chunks(ENCODE_ROWS * t.conv1.input_len()) {
                 let rows = x.len() / t.conv1.input_len();

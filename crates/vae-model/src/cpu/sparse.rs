@@ -44,8 +44,9 @@ const ALIGN_VALUES: usize = ALIGN_BYTES / 4;
 /// for which [`SparseInput::forward`] runs. On an AMD EPYC Zen 4 (AVX-512) at 19 %
 /// non-zero (a model after two epochs, 500 images) the layer took 36–40 ms this way
 /// against 46–52 ms on the live features ([`super::live`]), the products 22 ms of it and
-/// the transpose of the weight 9 ms; with the products' time growing with the share,
-/// the break-even lies near 25 % (30 % where the transpose is shared by many chunks).
+/// the transpose of the weight 9 ms (a call whose weight is unchanged compares it
+/// instead, in about 2 ms); with the products' time growing with the share, the
+/// break-even lies near 25 % (30 % where the transpose is kept).
 const MAX_DENSITY: (usize, usize) = (1, 4);
 
 /// The transposed weight of a narrowing layer and the non-zero values of its input, for
@@ -55,9 +56,10 @@ pub(super) struct SparseInput {
     /// `Wᵀ`, `inputs × outputs`, in panels of [`tile_columns`] columns (the last one
     /// narrower if they do not divide the outputs), each row-major `inputs × width`.
     panels: Vec<f32>,
-    /// The layer's `(outputs, inputs)` and the panels' width, of the weight in `panels`
-    /// if it is the current pass's.
+    /// The layer's `(outputs, inputs)` and the panels' width, of the weight in `panels`.
     packed: Option<(usize, usize, usize)>,
+    /// The weight in `panels`, as it was given: a call with the same values reuses them.
+    weight: Vec<f32>,
     /// The positions of the input's non-zero values, row after row.
     index: Vec<u32>,
     /// The input's non-zero values, in the order of `index`.
@@ -75,12 +77,6 @@ impl SparseInput {
 }
 
 impl SparseInput {
-    /// Starts a pass over new weights: the next [`SparseInput::forward`] transposes its
-    /// weight, and the following ones reuse that transpose.
-    pub(super) fn new_weights(&mut self) {
-        self.packed = None;
-    }
-
     /// `panels` = the transpose of `weight` (row-major `outputs × inputs`) in panels of
     /// `tile` columns.
     fn pack(&mut self, weight: &[f32], (outputs, inputs): (usize, usize), tile: usize) {
@@ -107,9 +103,10 @@ impl SparseInput {
     }
 
     /// `out = x Wᵀ + bias` for the `b` rows of `x` of the narrowing `layer`, then its ReLU,
-    /// summing over the non-zero values of `x` only (the weight transposed since
-    /// [`SparseInput::new_weights`] if it was). Returns false, leaving `out` alone, where
-    /// more than [`MAX_DENSITY`] of `x` is non-zero.
+    /// summing over the non-zero values of `x` only. The weight is transposed unless the
+    /// last call's had the same bits (an encoder's chunks, an evaluation's batches: the
+    /// comparison reads both copies once, half the transpose's traffic). Returns false,
+    /// leaving `out` alone, where more than [`MAX_DENSITY`] of `x` is non-zero.
     pub(super) fn forward(&mut self, layer: &Layer, x: &[f32], p: Params, out: &mut [f32], b: usize) -> bool {
         self.forward_with(Isa::best(), layer, x, p, (out, b))
     }
@@ -126,8 +123,10 @@ impl SparseInput {
             return false;
         }
         let tile = tile_columns(isa);
-        if self.packed != Some((outputs, inputs, tile)) {
+        if self.packed != Some((outputs, inputs, tile)) || !same_bits(&self.weight, p.weight) {
             self.pack(p.weight, (outputs, inputs), tile);
+            self.weight.clear();
+            self.weight.extend_from_slice(p.weight);
             self.packed = Some((outputs, inputs, tile));
         }
         self.gather(x, inputs, &counts);
@@ -183,6 +182,15 @@ impl SparseInput {
             }
         });
     }
+}
+
+/// Whether `a` and `b` hold the same values bit for bit.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    const CHUNK: usize = 1 << 16;
+    a.len() == b.len()
+        && a.par_chunks(CHUNK)
+            .zip(b.par_chunks(CHUNK))
+            .all(|(a, b)| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()))
 }
 
 /// The non-zero values of the input rows, as [`SparseInput`] keeps them.
@@ -283,36 +291,44 @@ mod tests {
     use crate::LayerKind;
 
     /// Every instruction set's kernel gives the dense product (in f64) on sparse
-    /// activations, with a ReLU and output columns past the last full tile.
+    /// activations, with a ReLU and output columns past the last full tile, twice with the
+    /// same weight (the second time from the kept transpose) and once more after one
+    /// weight changed.
     #[test]
     fn sparse_forward_matches_dense_product() {
         let (b, inputs, outputs) = (7, 701, 300);
         let value = |i: usize| ((i * 7919 % 101) as f32 - 50.0) / 25.0;
         let x: Vec<f32> = (0..b * inputs).map(|i| if i % 5 == 0 { value(i) } else { 0.0 }).collect();
-        let weight: Vec<f32> = (0..outputs * inputs).map(|i| value(i + 3)).collect();
+        let mut weight: Vec<f32> = (0..outputs * inputs).map(|i| value(i + 3)).collect();
         let bias: Vec<f32> = (0..outputs).map(|i| value(i + 11)).collect();
-        let want: Vec<f32> = (0..b * outputs)
-            .map(|i| {
-                let (r, o) = (i / outputs, i % outputs);
-                let dot: f64 =
-                    (0..inputs).map(|k| f64::from(x[r * inputs + k]) * f64::from(weight[o * inputs + k])).sum();
-                (dot + f64::from(bias[o])).max(0.0) as f32
-            })
-            .collect();
+        let dense = |weight: &[f32]| -> Vec<f32> {
+            (0..b * outputs)
+                .map(|i| {
+                    let (r, o) = (i / outputs, i % outputs);
+                    let dot: f64 =
+                        (0..inputs).map(|k| f64::from(x[r * inputs + k]) * f64::from(weight[o * inputs + k])).sum();
+                    (dot + f64::from(bias[o])).max(0.0) as f32
+                })
+                .collect()
+        };
         let layer = Layer { name: "test", kind: LayerKind::Linear, inputs, outputs, side: 1, relu: true };
-        let p = Params { weight: &weight, bias: &bias };
-        let mut sparse = SparseInput::default();
-        for isa in Isa::available() {
-            sparse.new_weights();
+        let (mut sparse, mut previous) = (SparseInput::default(), Vec::new());
+        for (isa, change) in Isa::available().into_iter().flat_map(|isa| [(isa, false), (isa, false), (isa, true)]) {
+            if change {
+                weight[5 * inputs] += 1.0;
+            }
+            let (want, p) = (dense(&weight), Params { weight: &weight, bias: &bias });
+            assert_eq!(change, !previous.is_empty() && want != previous, "the change shows in the output");
+            previous.clone_from(&want);
             let mut out = vec![f32::NAN; b * outputs];
             assert!(sparse.forward_with(isa, &layer, &x, p, (&mut out, b)));
             for (i, (got, want)) in out.iter().zip(&want).enumerate() {
                 assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{isa:?} [{i}]: {got} against {want}");
             }
+            assert!(want.contains(&0.0) && want.iter().any(|v| *v > 0.0));
         }
-        let mut out = vec![f32::NAN; b * outputs];
-        assert!(want.contains(&0.0) && want.iter().any(|v| *v > 0.0));
-        let dense = vec![1.0; b * inputs];
-        assert!(!sparse.forward(&layer, &dense, p, &mut out, b), "a dense input is left to the dense product");
+        let (mut out, p) = (vec![f32::NAN; b * outputs], Params { weight: &weight, bias: &bias });
+        let dense_input = vec![1.0; b * inputs];
+        assert!(!sparse.forward(&layer, &dense_input, p, &mut out, b), "a dense input is left to the dense product");
     }
 }
