@@ -31,8 +31,9 @@ const COLUMN_MAJOR_ROWS: usize = 64;
 /// and transposed back: gemm then reads the weight in place instead of packing it. For a
 /// widening layer (512→18432) it is done only with gemm's AVX-512 kernels: there (AMD EPYC
 /// Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
-/// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md). With `bf16`, the
-/// product is [`bf16::matmul`]'s, its operands packed there.
+/// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md). The other products
+/// read a wide weight through [`unaliased`] rows. With `bf16`, the product is
+/// [`bf16::matmul`]'s, its operands packed there.
 pub(super) fn linear_forward(
     layer: &Layer,
     x: &[f32],
