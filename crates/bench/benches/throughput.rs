@@ -5,8 +5,9 @@
 //! Each figure is the median over repeated runs after a warm-up, with the spread
 //! (min–max). Pass `--quick` for fewer repetitions, `--only SECTION` (peak, step,
 //! autograd; repeatable) to run only some sections, `--weights MODEL.safetensors` to time
-//! the step from a trained model (a `vae-train` output) instead of an initialised one. The per-layer breakdown and the
-//! encoder are `vae-model`'s bench, the LinearSVC fit `classifier`'s, t-SNE `viz`'s.
+//! the step from a trained model (a `vae-train` output) instead of an initialised one.
+//! The per-layer breakdown and the encoder are `vae-model`'s bench, the LinearSVC fit
+//! `classifier`'s, t-SNE `viz`'s.
 
 use std::hint::black_box;
 

@@ -57,8 +57,8 @@ const LARGE_WEIGHT: usize = 1 << 20;
 /// The row-major `rows × cols` matrix `data`, copied into `scratch` with rows 64 bytes
 /// longer if it is large and its rows are [`ALIASED_ROW`] long: gemm then packs it without
 /// cache conflicts. The forward products of the two wide layers at batch 128 on an AMD
-/// EPYC Zen 4 (AVX-512): 25.0 → 14.9 ms and 20.9 → 14.0 ms with the rows 64 bytes apart
-/// from the 2 KB multiples, for a copy of about 3 ms (BENCHMARKS.md, 2026-12-06).
+/// EPYC Zen 4 (AVX-512): 24.2 → 13.9 ms and 20.9 → 14.0 ms with the rows 64 bytes
+/// longer, for a copy of about 3.5 ms (BENCHMARKS.md, 2026-12-06).
 pub(super) fn unaliased<'a>(data: &'a [f32], (rows, cols): (usize, usize), scratch: &'a mut Vec<f32>) -> Mat<'a> {
     if !cols.is_multiple_of(ALIASED_ROW) || rows * cols < LARGE_WEIGHT {
         return Mat::rows(data, rows, cols);
