@@ -1,4 +1,4 @@
-//! The convolutional VAE of the published reference experiment, in [candle].
+//! The convolutional VAE of the published reference experiment, in [candle](https://github.com/huggingface/candle).
 //!
 //! The architecture is one table, [`VaeConfig::layers`] (see there for the picture);
 //! the candle graph here, the parameter list and the CPU step are all derived from it.
