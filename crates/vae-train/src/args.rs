@@ -9,12 +9,17 @@ use vae_model::{Likelihood, Precision};
 
 use crate::schedule::{KlPlan, LrPlan, LrSchedule, Recipe};
 
+/// The default peak learning rate: 2e-3 × √2 to 8 digits, as run in
+/// docs/training-recipes.md (run 17), so that the first epoch's batch-32 rate,
+/// scaled by √(32 / 256), is 1e-3.
+pub const DEFAULT_LR: f64 = 2.828_427_1e-3;
+
 /// Command-line flags of `vae-train`.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(
     version,
     about = "Train the reference's convolutional VAE on MNIST-style IDX data",
-    long_about = "Train the reference's convolutional VAE on MNIST-style IDX data.\n\nThe defaults are the project's recipe (docs/training-recipes.md): one epoch at batch 32, then batch 128, Adam at a peak of 2e-3 on a cosine decay, the KL weight ramped from 0 to 1 over the first epoch, evaluated through a 0.999 weight average. `--recipe reference` gives the published experiment's stated settings instead."
+    long_about = "Train the reference's convolutional VAE on MNIST-style IDX data.\n\nThe defaults are the project's recipe (docs/training-recipes.md): one epoch at batch 32, then batch 256, Adam at a peak of 2.83e-3 (2e-3 × √2) on a cosine decay, the KL weight ramped from 0 to 1 over the first epoch, evaluated through a 0.999 weight average. `--recipe reference` gives the published experiment's stated settings instead."
 )]
 pub struct TrainArgs {
     /// --data: the dataset directory
@@ -30,7 +35,7 @@ pub struct TrainArgs {
     /// Images per optimisation step (the last batch of an epoch may be smaller); the CPU
     /// step keeps about 1.2 MB of activations and gradients per image, so at most 1024
     /// (about 1.3 GB, under 2 GB with the model, Adam's moments and the dataset)
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
     /// Epochs at the start of the run trained at --initial-batch-size instead of
     /// --batch-size (more, smaller steps while the model is far from a good one)
@@ -42,8 +47,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub initial_batch_size: u32,
     /// Adam learning rate, the peak of the schedule (betas 0.9/0.999, eps 1e-8, no weight
-    /// decay, as in PyTorch)
-    #[arg(long, default_value_t = 2e-3, value_parser = positive_finite)]
+    /// decay, as in PyTorch); the default, 2e-3 × √2, makes the first epoch's batch-32
+    /// rate 1e-3, the reference's
+    #[arg(long, default_value_t = DEFAULT_LR, value_parser = positive_finite)]
     pub lr: f64,
     /// How the learning rate changes after the warm-up: constant (the reference's), cosine
     /// (half a cosine down to --lr × --lr-final-fraction at the last step of --epochs), or
@@ -88,7 +94,8 @@ pub struct TrainArgs {
     /// Train on the importance-weighted bound of Burda et al. (2015) with K samples per
     /// image (K = 1: the VAE's ELBO with its analytic KL). The losses reported stay the
     /// ELBO's terms (the reconstruction term averaged over the K samples, the analytic
-    /// KL), so runs compare; the KL weight (--beta) does not apply
+    /// KL), so runs compare; the KL weight (--beta) does not apply. The batch size × K
+    /// codes decoded per step must not exceed 2048 (memory: K ≤ 8 at the default batch)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with_all = ["beta", "kl_warmup_epochs"])]
     pub iw_samples: u32,
     /// A named preset; `reference` (or `seed`): the published reference experiment's

@@ -207,10 +207,10 @@ fn bad_flags_and_data_are_clear_errors() {
     a.data.dir = PathBuf::from("/nonexistent/mnist");
     let err = format!("{:#}", vae_train::run(&a).unwrap_err());
     assert!(err.contains("/nonexistent/mnist") && err.contains("training set"), "{err}");
-    let mut wide = args(&out, &["--epochs", "1", "--iw-samples", "4"]);
+    let mut wide = args(&out, &["--epochs", "1", "--iw-samples", "5"]);
     wide.batch_size = 512;
     let err = format!("{:#}", vae_train::run(&wide).unwrap_err());
-    assert!(err.contains("decodes 2048 codes per step"), "{err}");
+    assert!(err.contains("decodes 2560 codes per step; at most 2048"), "{err}");
     let file = root.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = format!("{:#}", vae_train::run(&args(&file, &["--epochs", "1"])).unwrap_err());
@@ -347,7 +347,10 @@ fn default_recipe_runs_its_phases() {
     let config: serde_json::Value = serde_json::from_slice(&read(&dir, "config.json")).unwrap();
     let plan = &config["learning_rate"];
     let (initial, total) = (plan["initial_steps"].as_u64(), plan["total_steps"].as_u64());
-    assert_eq!((initial, total, plan["base"].as_f64()), (Some(512 / 32), Some(2 * 512 / 64), Some(2e-3)));
+    assert_eq!(
+        (initial, total, plan["base"].as_f64()),
+        (Some(512 / 32), Some(2 * 512 / 64), Some(vae_train::DEFAULT_LR))
+    );
     assert_eq!(plan["initial_step_length"].as_f64(), Some(0.5));
     assert_eq!((plan["initial_scale"].as_f64(), config["ema_decay"].as_f64()), (Some(0.5f64.sqrt()), Some(0.999)));
     let (_, meta) = vae_model::read_tensors(&dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap();
