@@ -95,8 +95,8 @@ impl RunFiles {
 }
 
 /// Codes the decoder may hold in one step under `--iw-samples` (batch × K). A decoded
-/// code costs about 0.27 MB of the step's memory against 0.59 MB for an image of a plain
-/// step (peak resident memory of a 2,048-image epoch, AMD EPYC Zen 4, 2026-12-06: batch
+/// code adds about 0.27 MB to the peak resident memory, an image of a plain step about
+/// 0.59 MB (peak resident memory of a 2,048-image epoch, AMD EPYC Zen 4, 2026-12-06: batch
 /// 256 × K 8 1.56 GB and batch 128 × K 16 1.51 GB against 1.52 GB for a plain batch of
 /// 1024, the `--batch-size` bound), so the default batch of 256 takes K up to 8.
 const MAX_DECODED_CODES: u32 = 2048;
