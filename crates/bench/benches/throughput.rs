@@ -236,10 +236,10 @@ fn training_step(batch: usize, reps: usize, peaks: Peaks, (path, weights): (Path
         if autograd {
             let terms = loss_terms(&vae.forward(&x, &eps).unwrap(), &x).unwrap();
             let loss = ((terms.bce + terms.kl).unwrap() / batch as f64).unwrap();
-            adam.step(&loss.backward().unwrap()).unwrap();
+            adam.step(&loss.backward().unwrap(), None).unwrap();
         } else {
             cpu_step.run(&pixels, &noise).unwrap();
-            adam.step_with(|name| cpu_step.grad(name)).unwrap();
+            adam.step_with(|name| cpu_step.grad(name), None).unwrap();
         }
     });
     // FLOPs per image: the forward pass's multiply-adds, and a backward of twice its cost,

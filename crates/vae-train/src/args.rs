@@ -32,9 +32,10 @@ pub struct TrainArgs {
     /// Number of passes over the training set
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
-    /// Images per optimisation step (the last batch of an epoch may be smaller); the CPU
-    /// step keeps about 1.2 MB of activations and gradients per image, so at most 1024
-    /// (about 1.3 GB, under 2 GB with the model, Adam's moments and the dataset)
+    /// Images per optimisation step (the last batch of an epoch may be smaller); each image
+    /// adds about 0.6 MB of activations and gradients to the CPU step's peak memory, so at
+    /// most 1024 (a whole run then peaks near 1.5 GB, the model, Adam's moments and the
+    /// dataset included)
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
     /// Epochs at the start of the run trained at --initial-batch-size instead of

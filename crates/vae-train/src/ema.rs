@@ -46,20 +46,29 @@ impl Ema {
     }
 
     /// `shadow ← d · shadow + (1 − d) · weight` for every parameter (same order as at
-    /// [`Ema::new`]).
+    /// [`Ema::new`]), in a pass of its own; [`Adam`](crate::adam::Adam)'s steps can do it
+    /// in theirs instead.
     pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
-        let d = self.current_decay() as f32;
-        for ((_, shadow), (name, p)) in self.shadows.iter_mut().zip(params) {
+        let (d, shadows) = self.next_update(params.iter().map(|(name, _)| name.as_str()))?;
+        for (shadow, (name, p)) in shadows.into_iter().zip(params) {
             with_values(name, p.as_tensor(), |w| {
-                shadow.par_chunks_mut(1 << 14).zip(w.par_chunks(1 << 14)).for_each(|(s, w)| {
-                    for (s, &w) in s.iter_mut().zip(w) {
-                        *s = d * *s + (1.0 - d) * w;
-                    }
-                })
+                shadow.par_chunks_mut(1 << 14).zip(w.par_chunks(1 << 14)).for_each(|(s, w)| blend(s, w, d))
             })?;
         }
-        self.updates += 1;
         Ok(())
+    }
+
+    /// Counts an update and returns its decay and the averaged values to update, after
+    /// checking that `names` are the averaged parameters' names, in order.
+    pub(crate) fn next_update<'n>(&mut self, names: impl Iterator<Item = &'n str>) -> Result<(f32, Vec<&mut [f32]>)> {
+        let names: Vec<&str> = names.collect();
+        if !names.iter().copied().eq(self.names()) {
+            let detail = format!("updated with parameters {names:?}, averages {:?}", self.names().collect::<Vec<_>>());
+            return Err(TrainError::StateMismatch { what: "weight average", detail });
+        }
+        let d = self.current_decay() as f32;
+        self.updates += 1;
+        Ok((d, self.shadows.iter_mut().map(|(_, s)| s.as_mut_slice()).collect()))
     }
 
     /// The averaged weights as tensors, by parameter name.
@@ -88,6 +97,13 @@ impl Ema {
         }
         self.updates = updates;
         Ok(())
+    }
+}
+
+/// `shadow ← decay · shadow + (1 − decay) · weights`, value by value.
+pub(crate) fn blend(shadow: &mut [f32], weights: &[f32], decay: f32) {
+    for (s, &w) in shadow.iter_mut().zip(weights) {
+        *s = decay * *s + (1.0 - decay) * w;
     }
 }
 

@@ -311,8 +311,7 @@ fn train_epoch(
     let mut noise = rng(args.seed, Stream::TrainNoise, epoch);
     let batches = order.chunks(args.batch_size_of(epoch) as usize);
     let bar = vae_data::cli::progress_bar(batches.len() as u64, format!("epoch {epoch}"), "batches");
-    let TrainState { varmap, adam, mut ema } = state;
-    let params = sorted_vars(varmap)?;
+    let TrainState { adam, mut ema, .. } = state;
     let (mut bce_sum, mut kl_sum, mut seen) = (0.0f64, 0.0f64, 0usize);
     for (i, batch) in batches.enumerate() {
         adam.set_lr(lr_plan.at(adam.step_count()));
@@ -331,7 +330,7 @@ fn train_epoch(
                 let loss =
                     if k > 1 { step.run_importance_weighted(&pixels, &eps, k)? } else { step.run(&pixels, &eps)? };
                 ensure!((loss.bce + loss.kl).is_finite(), diverged(loss.bce + loss.kl));
-                adam.step_with(|name| step.grad(name))?;
+                adam.step_with(|name| step.grad(name), ema.as_deref_mut())?;
                 (loss.bce, loss.kl)
             }
             None => {
@@ -350,13 +349,10 @@ fn train_epoch(
                 };
                 let (bce, kl) = (terms.bce.to_scalar::<f32>()? as f64, terms.kl.to_scalar::<f32>()? as f64);
                 ensure!((bce + kl).is_finite(), diverged(bce + kl));
-                adam.step(&objective.backward()?)?;
+                adam.step(&objective.backward()?, ema.as_deref_mut())?;
                 (bce, kl)
             }
         };
-        if let Some(ema) = ema.as_deref_mut() {
-            ema.update(&params)?;
-        }
         bce_sum += bce;
         kl_sum += kl;
         seen += batch.len();

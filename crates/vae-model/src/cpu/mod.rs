@@ -108,9 +108,13 @@ pub struct CpuStep {
 /// is then 512 × 18432 floats, 38 MB, for the reference's model).
 pub const ENCODE_ROWS: usize = 512;
 
-/// Codes per pass of [`CpuStep::log_likelihoods`]: the decoder buffers of a training
-/// step at batch 128.
-pub const DECODE_ROWS: usize = 128;
+/// Codes per pass of [`CpuStep::log_likelihoods`]. Against 128 a pass, the wide layer's
+/// weight is read (and copied to rows without cache conflicts) a quarter as often, for
+/// about 170 MB more of peak memory: on an AMD EPYC Zen 4, `vae-train`'s test evaluation
+/// took 196 instead of 245 ms per 500 images and `vae-eval` (k = 16) 6.3 instead of 7.3 s
+/// per 2,000 images, with the same figures; 1024 codes a pass gained no more
+/// (BENCHMARKS.md, 2026-12-07).
+pub const DECODE_ROWS: usize = 512;
 
 /// Images per pass of [`CpuStep::encode`]'s convolutions: enough to keep both cores
 /// busy, few enough that the first convolution's output (16 × 26 × 26 floats per image

@@ -240,8 +240,8 @@ fn bf16_precision_stays_near_f32() {
 
 /// The reference's model on more images than a training batch: the encoder's wide
 /// product is then shared out by columns between the cores, and the decoder's widening
-/// product on its 128- and 72-row chunks is the plain one, not the column-major one
-/// (`linear_forward`); both still match candle. Then, the second convolution's bias
+/// product on its 200 rows is the plain one, not the column-major one (`linear_forward`);
+/// both still match candle. Then, the second convolution's bias
 /// lowered until few of its outputs are non-zero, the encoder's wide layer on them alone
 /// (`SparseInput`) matches candle too.
 #[test]
@@ -256,7 +256,6 @@ fn encode_of_a_large_chunk_matches_candle() {
     let mut step = CpuStep::new(&cfg, &varmap).unwrap();
     assert_encoder_matches(&mut step, &vae, &x, &pixels);
     assert!(!step.sparse.has_run(), "most outputs of the initial model's convolution are non-zero");
-    assert!(n > DECODE_ROWS);
     assert_decoder_matches(&mut step, &vae, &x, &pixels);
 
     let bias = varmap.data().lock().unwrap()["enc.conv2.bias"].clone();
