@@ -119,12 +119,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<Vec<EpochRecord>> {
     }
     ensure!(!train.is_empty() && !test.is_empty(), "the dataset in {} holds no images", args.data.dir.display());
 
+    // In u64: a caller of this library, unlike the CLI, may pass any u32 for either.
     let largest_batch = args.batch_size.max(args.initial_batches().map_or(0, |(_, size)| size));
+    let codes = u64::from(largest_batch) * u64::from(args.iw_samples);
     ensure!(
-        largest_batch * args.iw_samples <= MAX_DECODED_CODES,
-        "batch size {largest_batch} × --iw-samples {} decodes {} codes per step; at most {MAX_DECODED_CODES} fit the step's memory bound",
+        codes <= u64::from(MAX_DECODED_CODES),
+        "batch size {largest_batch} × --iw-samples {} decodes {codes} codes per step; at most {MAX_DECODED_CODES} fit the step's memory bound",
         args.iw_samples,
-        largest_batch * args.iw_samples
     );
     let cfg = VaeConfig { latent_dim: args.latent_dim as usize, likelihood: args.likelihood, ..VaeConfig::default() };
     let fingerprint = Fingerprint {

@@ -211,6 +211,9 @@ fn bad_flags_and_data_are_clear_errors() {
     wide.batch_size = 512;
     let err = format!("{:#}", vae_train::run(&wide).unwrap_err());
     assert!(err.contains("decodes 2560 codes per step; at most 2048"), "{err}");
+    wide.iw_samples = u32::MAX;
+    let err = format!("{:#}", vae_train::run(&wide).unwrap_err());
+    assert!(err.contains("decodes 2199023255040 codes per step"), "a product past u32 must not wrap: {err}");
     let file = root.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = format!("{:#}", vae_train::run(&args(&file, &["--epochs", "1"])).unwrap_err());
