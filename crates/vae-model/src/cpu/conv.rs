@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use super::kernels::relu_gate;
 use super::simd::{Isa, Scalar, Simd};
 use super::{Grads, Params};
 use crate::{KERNEL, Layer};
@@ -359,7 +360,7 @@ fn correlate_batch(
                     Epilogue::Mask(act) => {
                         let act = &act[n * image_out + (o * side_out + y) * side_out..][..side_out];
                         for ((v, w), a) in row.iter_mut().zip(wide).zip(act) {
-                            *v = if *a > 0.0 { *w } else { 0.0 };
+                            *v = relu_gate(*w, *a);
                         }
                     }
                 }

@@ -4,13 +4,12 @@
 use rayon::prelude::*;
 
 use super::bf16::{self, Operands};
-use super::products::{Mat, Split, matmul, matmul_per_core, parallelism_for, product, unaliased};
+use super::products::{LARGE_WEIGHT, Mat, Split, linear_product, matmul, matmul_per_core, parallelism_for, product};
 use super::{BatchLoss, Grads, Params};
 use crate::{Layer, Likelihood, cb_log_normaliser, cb_log_normaliser_grad};
 
-/// Products that reduce over at least this many values (the encoder's 18432→512 forward
-/// at batch 128 and on `encode`'s 512-image chunks, the decoder's 18432→512 input
-/// gradient) go through [`matmul_per_core`], by columns.
+/// Input gradients that reduce over at least this many values (the decoder's 18432→512)
+/// go through [`matmul_per_core`], by columns.
 const LONG_REDUCTION: usize = 4096;
 
 /// Weight gradients with at least this many rows (the decoder's last layer, 18432 × 512)
@@ -23,16 +22,14 @@ const MANY_WEIGHT_ROWS: usize = 4096;
 /// pass 4 ms shorter; Intel Xeon, 2026-12-05); batch 32 gains from the column-major one.
 const COLUMN_MAJOR_ROWS: usize = 64;
 
-/// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. A narrowing layer with
-/// a [`LONG_REDUCTION`] on more than [`COLUMN_MAJOR_ROWS`] rows is shared out by columns
-/// between the cores ([`matmul_per_core`]: the product at batch 128 8.7 ms against 10.2
-/// through faer and 17.5 through gemm's threads, Intel Xeon, 2026-12-05). Otherwise, for
-/// at most [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch`
-/// and transposed back: gemm then reads the weight in place instead of packing it. For a
+/// `out = x Wᵀ + bias` for `b` rows, followed by the layer's ReLU. For at most
+/// [`COLUMN_MAJOR_ROWS`] rows, the product is computed column-major into `scratch` and
+/// transposed back: gemm then reads the weight in place instead of packing it. For a
 /// widening layer (512→18432) it is done only with gemm's AVX-512 kernels: there (AMD EPYC
 /// Zen 4) it takes the forward product from 14 to 6 ms at batch 32, while with the AVX2
 /// kernels (Zen 3) it made the backward pass slower (BENCHMARKS.md). The other products
-/// read a wide weight through [`unaliased`] rows. With `bf16`, the product is
+/// of a large weight go through [`linear_product`], by blocks of the weight shared out
+/// between the cores, the rest through one gemm call. With `bf16`, the product is
 /// [`bf16::matmul`]'s, its operands packed there.
 pub(super) fn linear_forward(
     layer: &Layer,
@@ -52,13 +49,12 @@ pub(super) fn linear_forward(
     }
     let x = Mat::rows(x, b, n_in);
     if b > COLUMN_MAJOR_ROWS || (n_in < n_out && !crate::machine::gemm_uses_avx512()) {
-        let weight_t = unaliased(p.weight, (n_out, n_in), scratch).t();
-        if n_in > n_out && n_in >= LONG_REDUCTION && b > COLUMN_MAJOR_ROWS {
-            matmul_per_core(out, x, weight_t, Split::Columns);
+        if p.weight.len() >= LARGE_WEIGHT {
+            linear_product(out, x, (p.weight, p.bias), (n_out, n_in), relu, scratch);
         } else {
-            matmul(out, x, weight_t, false);
+            matmul(out, x, Mat::rows(p.weight, n_out, n_in).t(), false);
+            add_bias(out, p.bias, relu);
         }
-        add_bias(out, p.bias, relu);
         return;
     }
     let weight_t = Mat::rows(p.weight, n_out, n_in).t();
@@ -162,11 +158,19 @@ pub(super) fn linear_input_gradient_add(g: &[f32], weight: &[f32], g_in: &mut [f
 pub(super) fn relu_mask(g: &mut [f32], act: &[f32]) {
     g.par_chunks_mut(PARALLEL_VALUES).zip(act.par_chunks(PARALLEL_VALUES)).for_each(|(g, act)| {
         for (g, a) in g.iter_mut().zip(act) {
-            if *a <= 0.0 {
-                *g = 0.0;
-            }
+            *g = relu_gate(*g, *a);
         }
     });
+}
+
+/// `value` where the ReLU output `act` is positive, 0 elsewhere, without a branch: half of
+/// a ReLU's outputs are zero at initialisation, in no order a branch predictor can learn,
+/// and the branchless form lets the loops around it run on vectors: the backward pass of
+/// the first transposed convolution at batch 128, from an initialised model, took 13.7–14.5
+/// ms with a branch and 9.0–9.8 ms without (AMD EPYC Zen 4, BENCHMARKS.md 2026-12-07).
+#[inline(always)]
+pub(super) fn relu_gate(value: f32, act: f32) -> f32 {
+    f32::from_bits(value.to_bits() & u32::from(act > 0.0).wrapping_neg())
 }
 
 /// The posterior and its gradients, for [`loss_gradient`].

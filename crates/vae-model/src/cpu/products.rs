@@ -45,30 +45,94 @@ pub(super) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     matmul_with(dst, a, b, accumulate, parallelism);
 }
 
-/// Row lengths (in values) that make gemm slow when it packs the rows of a large
-/// right-hand operand: rows a multiple of 2 KB apart fall into the same few sets of the L1
-/// cache (which has 64 sets of 64-byte lines on x86 cores) while the packing reads a
-/// column of them. The wide layers' weights, 512 × 18432 and 18432 × 512, have such rows.
-const ALIASED_ROW: usize = 512;
+/// Weights of at least this many values go through [`linear_product`]'s blocks.
+pub(super) const LARGE_WEIGHT: usize = 1 << 20;
 
-/// Weights of at least this many values are worth copying to [`unaliased`] rows.
-const LARGE_WEIGHT: usize = 1 << 20;
+/// Values of the weight [`linear_product`] copies at a time on each core, at most (256 KB, a
+/// quarter of an AMD Zen 4 core's L2 cache).
+const WEIGHT_BLOCK: usize = 1 << 16;
 
-/// The row-major `rows × cols` matrix `data`, copied into `scratch` with rows 64 bytes
-/// longer if it is large and its rows are [`ALIASED_ROW`] long: gemm then packs it without
-/// cache conflicts. The forward products of the two wide layers at batch 128 on an AMD
-/// EPYC Zen 4 (AVX-512): 24.2 → 13.9 ms and 20.9 → 14.0 ms with the rows 64 bytes
-/// longer, for a copy of about 3.5 ms (BENCHMARKS.md, 2026-12-06).
-pub(super) fn unaliased<'a>(data: &'a [f32], (rows, cols): (usize, usize), scratch: &'a mut Vec<f32>) -> Mat<'a> {
-    if !cols.is_multiple_of(ALIASED_ROW) || rows * cols < LARGE_WEIGHT {
-        return Mat::rows(data, rows, cols);
+/// Weight rows in one block of [`linear_product`], at most.
+const MAX_BLOCK_ROWS: usize = 128;
+
+/// Reductions longer than this are cut into runs of [`REDUCTION_RUN`] values by
+/// [`linear_product`].
+const LONG_RUN: usize = 1024;
+
+/// Values of one run of a long reduction in [`linear_product`].
+const REDUCTION_RUN: usize = 256;
+
+/// A linear layer's forward product for a weight of at least [`LARGE_WEIGHT`] values:
+/// `dst (x.rows × rows, row-major) = x · weightᵀ + bias`, then a ReLU if `relu`, for the
+/// row-major `rows × cols` `weight`, each core computing the output's columns for a run
+/// of blocks of at most [`MAX_BLOCK_ROWS`] of the weight's rows.
+///
+/// gemm packs a right-hand operand slowly when its rows are a multiple of 2 KB apart, as
+/// the wide layers' are (18432 × 512 and 512 × 18432): a column of them falls into the
+/// same few sets of the L1 cache (64 sets of 64-byte lines on x86 cores). So each core
+/// copies [`WEIGHT_BLOCK`] values of its rows at a time into its part of `scratch`, rows
+/// 64 bytes longer, multiplies by that block while it is in cache, and finishes each
+/// block's columns (bias, ReLU) while they are in cache too. Copying the whole weight to
+/// longer rows first, as before, wrote and read again 37.7 MB per product: at batch 128
+/// the decoder's forward product took 18.3–20.8 ms that way and 14.6–15.8 ms by blocks,
+/// the encoder's 16.6–17.8 and 15.0–16.7 ms (AMD EPYC Zen 4, alternated, BENCHMARKS.md
+/// 2026-12-07). A reduction longer than [`LONG_RUN`] is cut into runs of
+/// [`REDUCTION_RUN`] values summed in order. The blocks depend on the shapes only, so the
+/// result does not depend on the number of cores.
+pub(super) fn linear_product(
+    dst: &mut [f32],
+    x: Mat,
+    (weight, bias): (&[f32], &[f32]),
+    (rows, cols): (usize, usize),
+    relu: bool,
+    scratch: &mut Vec<f32>,
+) {
+    let b = x.rows;
+    assert!(
+        x.cols == cols && weight.len() == rows * cols && bias.len() == rows && dst.len() == b * rows && x.fits(),
+        "matmul: shapes do not match"
+    );
+    if b == 0 || rows == 0 || cols == 0 {
+        return;
     }
-    let stride = cols + 16;
-    scratch.resize(rows * stride, 0.0);
-    let rows_per_task = (1usize << 14).div_ceil(cols);
-    let chunks = scratch.par_chunks_mut(stride).zip(data.par_chunks_exact(cols));
-    chunks.with_min_len(rows_per_task).for_each(|(dst, src)| dst[..cols].copy_from_slice(src));
-    Mat::strided(scratch, rows, cols, stride)
+    let run = if cols <= LONG_RUN { cols } else { REDUCTION_RUN };
+    let block_rows = (WEIGHT_BLOCK / run).min(MAX_BLOCK_ROWS);
+    let stride = run + 16;
+    let blocks = rows.div_ceil(block_rows);
+    let cores = rayon::current_num_threads().clamp(1, blocks);
+    let per_core = blocks.div_ceil(cores);
+    scratch.resize(cores * block_rows * stride, 0.0);
+    let out = SharedMut(dst.as_mut_ptr());
+    scratch.par_chunks_mut(block_rows * stride).enumerate().for_each(|(core, block)| {
+        let mine = (core * per_core * block_rows).min(rows)..((core + 1) * per_core * block_rows).min(rows);
+        for first in mine.clone().step_by(block_rows) {
+            let count = block_rows.min(mine.end - first);
+            for k in (0..cols).step_by(run) {
+                let len = run.min(cols - k);
+                for (dst, src) in
+                    block.chunks_exact_mut(stride).zip(weight[first * cols + k..].chunks(cols)).take(count)
+                {
+                    dst[..len].copy_from_slice(&src[..len]);
+                }
+                let a = Mat { data: &x.data[k * x.col_stride..], cols: len, ..x };
+                let w = Mat::strided(block, count, len, stride).t();
+                // SAFETY: the assertion above keeps columns `first..first + count` of
+                // every row of the `b × rows` output inside `dst`, borrowed mutably for
+                // the call; the cores' columns do not overlap, so no two threads write
+                // the same value, and neither input aliases `dst`.
+                unsafe { gemm_into(out.at(first), (rows, 1), a, w, k > 0, Parallelism::None) }
+            }
+            let bias = &bias[first..first + count];
+            for row in 0..b {
+                // SAFETY: as above, columns `first..first + count` of output row `row`,
+                // written by this core only.
+                let values = unsafe { std::slice::from_raw_parts_mut(out.at(row * rows + first), count) };
+                for (v, bias) in values.iter_mut().zip(bias) {
+                    *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
+                }
+            }
+        }
+    });
 }
 
 /// All cores for products of at least 2²⁰ multiply-adds, one below that.
@@ -203,24 +267,39 @@ mod tests {
         }
     }
 
-    /// A large weight with rows of a multiple of [`ALIASED_ROW`] values is copied to
-    /// longer rows, and products read through the copy give the same values; a small
-    /// one or one with other rows is used in place.
+    /// The blocked layer product, on shapes with partial blocks and a reduction cut into
+    /// runs, shared out between three threads, matches the plain product plus bias (and
+    /// ReLU) to rounding, and gives the same bits on one thread as on three.
     #[test]
-    fn unaliased_weights_give_the_same_products() {
-        let values = |n: usize| (0..n).map(|i| ((i * 31 % 19) as f32 - 9.0) / 8.0).collect::<Vec<_>>();
-        let (rows, cols, batch) = (LARGE_WEIGHT / ALIASED_ROW, ALIASED_ROW, 3);
-        let (weight, x) = (values(rows * cols), values(batch * cols));
-        let mut scratch = Vec::new();
-        let copied = unaliased(&weight, (rows, cols), &mut scratch);
-        assert!(copied.row_stride > cols && copied.fits());
-        let (mut want, mut got) = (vec![0.0; batch * rows], vec![f32::NAN; batch * rows]);
-        matmul(&mut want, Mat::rows(&x, batch, cols), Mat::rows(&weight, rows, cols).t(), false);
-        matmul(&mut got, Mat::rows(&x, batch, cols), copied.t(), false);
-        assert_eq!(got, want);
-        for (rows, cols) in [(rows / 2, cols), (rows, cols + 1)] {
-            let weight = values(rows * cols);
-            assert_eq!(unaliased(&weight, (rows, cols), &mut scratch).row_stride, cols);
+    fn linear_product_matches_the_plain_product() {
+        let values =
+            |n: usize, seed: usize| (0..n).map(|i| ((i * 31 + seed) % 19) as f32 / 8.0 - 1.1).collect::<Vec<_>>();
+        let pools = [1, 3].map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap());
+        for (b, rows, cols) in [(5, 300, 2500), (3, 1100, 40), (1, 17, 1030)] {
+            let (x, weight, bias) = (values(b * cols, 1), values(rows * cols, 2), values(rows, 3));
+            let mut want = vec![0.0; b * rows];
+            product(
+                &mut want,
+                false,
+                Mat::rows(&x, b, cols),
+                Mat::rows(&weight, rows, cols).t(),
+                false,
+                Parallelism::None,
+            );
+            for relu in [false, true] {
+                let results = pools.each_ref().map(|pool| {
+                    let (mut got, mut scratch) = (vec![f32::NAN; b * rows], Vec::new());
+                    let x = Mat::rows(&x, b, cols);
+                    pool.install(|| linear_product(&mut got, x, (&weight, &bias), (rows, cols), relu, &mut scratch));
+                    got
+                });
+                assert_eq!(results[0], results[1], "{b}x{rows}x{cols}: threads changed the bits");
+                for (i, (got, want)) in results[0].iter().zip(&want).enumerate() {
+                    let want = want + bias[i % rows];
+                    let want = if relu { want.max(0.0) } else { want };
+                    assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "{b}x{rows}x{cols}: {got} vs {want}");
+                }
+            }
         }
     }
 }
