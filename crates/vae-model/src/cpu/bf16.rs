@@ -17,8 +17,7 @@
 use std::arch::x86_64::{
     __m256bh, __m256i, __m512bh, __m512i, __mmask16, _mm512_cvtepu16_epi32, _mm512_cvtne2ps_pbh, _mm512_cvtneps_pbh,
     _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
-    _mm512_or_si512, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_shuffle_i32x4, _mm512_slli_epi32,
-    _mm512_storeu_si512, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
+    _mm512_or_si512, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_slli_epi32, _mm512_storeu_si512,
 };
 
 use rayon::prelude::*;
@@ -294,33 +293,9 @@ unsafe fn transpose_16x16(w: &[f32], k: usize, dst: &mut [u32]) {
             _mm512_loadu_ps(row),
         ))
     });
-    // 32-bit, then 64-bit interleaves within 128-bit lanes, then two 128-bit shuffles.
-    let t: [__m512i; 16] = std::array::from_fn(|i| {
-        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-        if i % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
-    });
-    // u[4q + e] holds element 4L + e of rows 4q..4q+4 in each 128-bit lane L.
-    let u: [__m512i; 16] = std::array::from_fn(|i| {
-        let (q, e) = (i / 4, i % 4);
-        let (a, b) = (t[4 * q + e / 2], t[4 * q + e / 2 + 2]);
-        if e % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
-    });
-    let v: [__m512i; 16] = std::array::from_fn(|i| {
-        let (half, j) = (i / 8, i % 8);
-        let (a, b) = (u[8 * half + j % 4], u[8 * half + j % 4 + 4]);
-        if j < 4 { _mm512_shuffle_i32x4::<0x88>(a, b) } else { _mm512_shuffle_i32x4::<0xdd>(a, b) }
-    });
-    for e in 0..4 {
-        let columns = [
-            (e, _mm512_shuffle_i32x4::<0x88>(v[e], v[8 + e])),
-            (8 + e, _mm512_shuffle_i32x4::<0xdd>(v[e], v[8 + e])),
-            (4 + e, _mm512_shuffle_i32x4::<0x88>(v[4 + e], v[12 + e])),
-            (12 + e, _mm512_shuffle_i32x4::<0xdd>(v[4 + e], v[12 + e])),
-        ];
-        for (p, column) in columns {
-            // SAFETY: 16 values at `p · PANEL`, inside `dst` by the assertion.
-            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(p * PANEL).cast(), column) };
-        }
+    for (p, column) in super::simd::x86::transpose_16x16(r).into_iter().enumerate() {
+        // SAFETY: 16 values at `p · PANEL`, inside `dst` by the assertion.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(p * PANEL).cast(), column) };
     }
 }
 

@@ -122,6 +122,33 @@ pub(super) mod x86 {
         }
     }
 
+    /// The 16 × 16 matrix of 32-bit values whose rows are `r`, transposed: row `j` of the
+    /// result holds element `j` of every row of `r`, in order.
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::cpu) fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
+        // 32-bit, then 64-bit interleaves within 128-bit lanes, then two 128-bit shuffles.
+        let t: [__m512i; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+        });
+        // u[4q + e] holds element 4L + e of rows 4q..4q+4 in each 128-bit lane L.
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            let (q, e) = (i / 4, i % 4);
+            let (a, b) = (t[4 * q + e / 2], t[4 * q + e / 2 + 2]);
+            if e % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+        });
+        let v: [__m512i; 16] = std::array::from_fn(|i| {
+            let (half, j) = (i / 8, i % 8);
+            let (a, b) = (u[8 * half + j % 4], u[8 * half + j % 4 + 4]);
+            if j < 4 { _mm512_shuffle_i32x4::<0x88>(a, b) } else { _mm512_shuffle_i32x4::<0xdd>(a, b) }
+        });
+        std::array::from_fn(|p| {
+            let (e, high, odd) = (p % 4, p / 4 % 2, p / 8);
+            let (a, b) = (v[4 * high + e], v[8 + 4 * high + e]);
+            if odd == 0 { _mm512_shuffle_i32x4::<0x88>(a, b) } else { _mm512_shuffle_i32x4::<0xdd>(a, b) }
+        })
+    }
+
     /// AVX-512 F, 16 lanes.
     pub(in crate::cpu) struct Avx512;
 
