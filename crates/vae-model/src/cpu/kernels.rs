@@ -67,7 +67,7 @@ pub(super) fn linear_forward(
     let out_t = &*out_t;
     out.par_chunks_mut(n_out).enumerate().for_each(|(i, row)| {
         for ((v, t), bias) in row.iter_mut().zip(out_t[i..].iter().step_by(b)).zip(p.bias) {
-            *v = if relu { (t + bias).max(0.0) } else { t + bias };
+            *v = bias_relu(*t, *bias, relu);
         }
     });
 }
@@ -78,7 +78,7 @@ fn add_bias(out: &mut [f32], bias: &[f32], relu: bool) {
     let rows_per_task = PARALLEL_VALUES.div_ceil(bias.len()).max(1);
     out.par_chunks_mut(bias.len()).with_min_len(rows_per_task).for_each(|row| {
         for (v, bias) in row.iter_mut().zip(bias) {
-            *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
+            *v = bias_relu(*v, *bias, relu);
         }
     });
 }
@@ -161,6 +161,12 @@ pub(super) fn relu_mask(g: &mut [f32], act: &[f32]) {
             *g = relu_gate(*g, *a);
         }
     });
+}
+
+/// `value + bias`, through a ReLU if `relu`: a layer's output from its product.
+#[inline(always)]
+pub(super) fn bias_relu(value: f32, bias: f32, relu: bool) -> f32 {
+    if relu { (value + bias).max(0.0) } else { value + bias }
 }
 
 /// `value` where the ReLU output `act` is positive, 0 elsewhere, without a branch: half of

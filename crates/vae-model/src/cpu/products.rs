@@ -4,6 +4,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::SharedMut;
+use super::kernels::bias_relu;
 
 /// A strided matrix view for `gemm`.
 #[derive(Clone, Copy)]
@@ -128,7 +129,7 @@ pub(super) fn linear_product(
                 // written by this core only.
                 let values = unsafe { std::slice::from_raw_parts_mut(out.at(row * rows + first), count) };
                 for (v, bias) in values.iter_mut().zip(bias) {
-                    *v = if relu { (*v + bias).max(0.0) } else { *v + bias };
+                    *v = bias_relu(*v, *bias, relu);
                 }
             }
         }
