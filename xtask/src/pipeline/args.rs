@@ -52,7 +52,7 @@ pub struct PipelineArgs {
         conflicts_with_all = ["batch_size", "initial_batch_epochs", "initial_batch_size", "lr", "lr_schedule", "warmup_epochs", "ema", "beta", "kl_warmup_epochs", "likelihood", "iw_samples"]
     )]
     pub recipe: Option<String>,
-    /// Adam's peak learning rate (vae-train's default when absent: 2.8284271e-3)
+    /// Adam's peak learning rate (vae-train's default when absent; `vae-train --help` gives it)
     #[arg(long, value_parser = positive_finite)]
     pub lr: Option<f64>,
     /// Learning-rate schedule: constant, cosine or step (vae-train --help explains them)
