@@ -41,8 +41,8 @@ enum Task {
     /// VAE under one budget and seed, and table them in docs/study.md
     Study(study::StudyArgs),
     /// Table runs of one recipe (e.g. three seeds) against the published reference: each
-    /// published checkpoint's losses as mean and range, both conventions, and the later
-    /// stages' figures
+    /// published checkpoint's losses as mean ± standard deviation (min–max), both conventions, and
+    /// the later stages' figures
     Compare(compare::CompareArgs),
 }
 
