@@ -116,7 +116,8 @@ impl Buffers {
     /// convolutions run `conv_rows` images at a time (their buffers hold that many), the
     /// fully-connected layers on all `b` at once; with `sparse` (inference only: it keeps
     /// nothing for a backward pass), the first of them on the second convolution's
-    /// non-zero outputs, in f32, if few enough of them are non-zero.
+    /// non-zero outputs, in f32 under either precision (there it is faster than the dense
+    /// bf16 product, and exact), if few enough of them are non-zero.
     pub fn encode(
         &mut self,
         t: &Layers<Layer>,
@@ -134,7 +135,6 @@ impl Buffers {
             timed(&mut tm.conv1[FORWARD], || conv_forward(&t.conv1, x, w.conv1, a1));
             timed(&mut tm.conv2[FORWARD], || conv_forward(&t.conv2, a1, w.conv2, a2));
         }
-        let sparse = sparse.filter(|_| self.bf16.is_none());
         let (s, wide, live) = (&mut self.scratch, self.bf16.as_mut(), &mut self.conv2_live);
         timed(&mut tm.enc_linear[FORWARD], || {
             let (l, x, p, out) = (&t.enc_linear, &o.conv2, w.enc_linear, &mut o.enc_linear);

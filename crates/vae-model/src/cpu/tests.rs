@@ -243,7 +243,7 @@ fn bf16_precision_stays_near_f32() {
 /// product on its 200 rows is the plain one, not the column-major one (`linear_forward`);
 /// both still match candle. Then, the second convolution's bias
 /// lowered until few of its outputs are non-zero, the encoder's wide layer on them alone
-/// (`SparseInput`) matches candle too.
+/// (`SparseInput`) matches candle too, and [`Precision::Bf16`] takes that f32 path as well.
 #[test]
 fn encode_of_a_large_chunk_matches_candle() {
     let cfg = VaeConfig::default();
@@ -262,6 +262,11 @@ fn encode_of_a_large_chunk_matches_candle() {
     bias.set(&(bias.as_tensor() - 0.1).unwrap()).unwrap();
     assert_encoder_matches(&mut step, &vae, &x, &pixels);
     assert!(step.sparse.has_run(), "the lowered bias leaves few outputs non-zero");
+    if crate::machine::has_avx512_bf16() {
+        let f32_codes = step.encode(&pixels).unwrap();
+        step.set_precision(Precision::Bf16).unwrap();
+        assert_eq!(step.encode(&pixels).unwrap(), f32_codes, "under bf16 the sparse product is f32's too");
+    }
 }
 
 /// [`CpuStep::encode`] of `pixels` (the images `x`) gives candle's posterior.
