@@ -7,9 +7,12 @@
 //!   `--pytorch PYTHON` our step and encoder beside PyTorch's.
 //! - `cargo xtask study`: the objectives side by side, tabled in `docs/study.md`.
 //! - `cargo xtask compare RUN...`: runs of one recipe (seeds) against the published figures.
+//! - `cargo xtask emulate`: the kernels' tests and a short training run on an emulated CPU
+//!   without AVX-512 (QEMU), checking the path the same binary takes on AVX2 machines.
 
 mod bench;
 mod compare;
+mod emulate;
 mod html;
 mod pipeline;
 mod report;
@@ -32,7 +35,8 @@ struct Cli {
 enum Task {
     /// Run every stage (vae-train, latent-features, classifier, viz) and write report.md
     Pipeline(Box<pipeline::PipelineArgs>),
-    /// Check formatting, run clippy with warnings denied, and run the test suite
+    /// Check formatting, run clippy with warnings denied, run the test suite, then (where
+    /// QEMU's qemu-x86_64 is installed) `emulate`
     Ci,
     /// Measure the FMA and GEMM peaks, the training step, its per-layer costs, the
     /// encoder, the classifier and t-SNE; or, with --pytorch, our step beside PyTorch's
@@ -44,6 +48,10 @@ enum Task {
     /// published checkpoint's losses as mean ± standard deviation (min–max), both conventions, and
     /// the later stages' figures
     Compare(compare::CompareArgs),
+    /// Run the kernels' tests and a short training run on an emulated CPU without
+    /// AVX-512 (QEMU's user mode, an AMD Zen 3 by default): the AVX2 kernels must be the
+    /// ones chosen, pass, and train to this machine's losses; bf16 must be refused
+    Emulate(emulate::EmulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::Study(args) => study::run(&args).map(|_| ()),
         Task::Compare(args) => compare::run(&args),
+        Task::Emulate(args) => emulate::run(&args),
     }
 }
 
@@ -94,5 +103,14 @@ fn ci() -> anyhow::Result<()> {
             bail!("cargo {} failed ({status})", step.join(" "));
         }
     }
-    Ok(())
+    let qemu = Path::new(emulate::DEFAULT_QEMU);
+    if !cfg!(target_arch = "x86_64") || !emulate::runs(qemu) {
+        eprintln!(
+            "skipped: the emulated AVX2 CPU (cargo xtask emulate) needs x86-64 and {} (Debian: qemu-user)",
+            qemu.display()
+        );
+        return Ok(());
+    }
+    eprintln!("$ cargo xtask emulate");
+    emulate::check(qemu, emulate::DEFAULT_CPU)
 }
