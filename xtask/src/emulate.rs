@@ -22,8 +22,9 @@ pub const DEFAULT_QEMU: &str = "qemu-x86_64";
 /// Flags of `cargo xtask emulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EmulateArgs {
-    /// QEMU's CPU model to emulate (`qemu-x86_64 -cpu help` lists them). The default,
-    /// EPYC-Milan, is an AMD Zen 3: AVX2 and FMA, no AVX-512
+    /// QEMU's CPU model to emulate (`qemu-x86_64 -cpu help` lists them), one with AVX2
+    /// and FMA (QEMU has no AVX-512): the check expects the AVX2 kernels. The default,
+    /// EPYC-Milan, is an AMD Zen 3; Haswell is an Intel core of that kind
     #[arg(long, default_value = DEFAULT_CPU)]
     cpu: String,
     /// QEMU's user-mode emulator (Debian's package qemu-user)
@@ -197,8 +198,11 @@ fn compare_training(emulated: &Emulator, vae_train: &Path) -> anyhow::Result<Str
                 "the emulated run's losses differ from this machine's by {worst:e} (relative), more than {LOSS_TOLERANCE:e}"
             );
         }
-        let same_model = std::fs::read(native_dir.join("model.safetensors"))?
-            == std::fs::read(emulated_dir.join("model.safetensors"))?;
+        let model_bytes = |dir: &Path| {
+            let path = dir.join("model.safetensors");
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        let same_model = model_bytes(&native_dir)? == model_bytes(&emulated_dir)?;
         let refused = train(emulated.command(vae_train).args(["--precision", "bf16"]), &scratch.join("bf16"))?;
         let message = without_feature_warnings(&refused.stderr);
         if refused.status.success() || !message.contains("needs a CPU with AVX-512 BF16") {
