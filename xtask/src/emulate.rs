@@ -52,18 +52,20 @@ const LOSS_TOLERANCE: f64 = 1e-4;
 
 /// Runs the check as `args` say.
 pub fn run(args: &EmulateArgs) -> anyhow::Result<()> {
-    if !runs(&args.qemu) {
-        bail!(
-            "{} does not run: install QEMU's user-mode emulator (Debian: apt-get install qemu-user) or name it with --qemu",
-            args.qemu.display()
-        );
+    if let Some(why) = unavailable(&args.qemu) {
+        bail!("{why}; name another emulator with --qemu");
     }
     check(&args.qemu, &args.cpu)
 }
 
-/// Whether `qemu` starts (`--version`).
-pub fn runs(qemu: &Path) -> bool {
-    Command::new(qemu).arg("--version").output().is_ok_and(|o| o.status.success())
+/// Why the check cannot run here, if it cannot: it needs an x86-64 machine (the binaries
+/// it emulates are this machine's) and `qemu` that starts.
+pub fn unavailable(qemu: &Path) -> Option<String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Some("the emulated AVX2 CPU needs an x86-64 machine".to_string());
+    }
+    let starts = Command::new(qemu).arg("--version").output().is_ok_and(|o| o.status.success());
+    (!starts).then(|| format!("{} does not run (Debian: apt-get install qemu-user)", qemu.display()))
 }
 
 /// The tests of [`DISPATCHING_CRATES`] and [`compare_training`] on `cpu` emulated by `qemu`.
@@ -173,49 +175,52 @@ impl Built {
 /// [`LOSS_TOLERANCE`], and that bf16 is refused there with a message. Returns a summary.
 fn compare_training(emulated: &Emulator, vae_train: &Path) -> anyhow::Result<String> {
     let scratch = scratch_dir()?;
+    let result = compare_training_in(&scratch, emulated, vae_train);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// [`compare_training`] with its runs written under `scratch`.
+fn compare_training_in(scratch: &Path, emulated: &Emulator, vae_train: &Path) -> anyhow::Result<String> {
     let train = |cmd: &mut Command, out: &Path| -> anyhow::Result<Output> {
         cmd.arg("--data").arg(project_root().join("data/mnist")).arg("--out").arg(out).args(TRAIN_ARGS);
         cmd.output().context("running vae-train")
     };
     let (native_dir, emulated_dir) = (scratch.join("native"), scratch.join("emulated"));
-    let result = (|| {
-        for (mut cmd, out) in [(Command::new(vae_train), &native_dir), (emulated.command(vae_train), &emulated_dir)] {
-            let output = train(&mut cmd, out)?;
-            if !output.status.success() {
-                bail!("vae-train failed ({}):\n{}", output.status, without_feature_warnings(&output.stderr));
-            }
+    for (mut cmd, out) in [(Command::new(vae_train), &native_dir), (emulated.command(vae_train), &emulated_dir)] {
+        let output = train(&mut cmd, out)?;
+        if !output.status.success() {
+            bail!("vae-train failed ({}):\n{}", output.status, without_feature_warnings(&output.stderr));
         }
-        let kernels = read_json(&emulated_dir.join("config.json"))?["machine"]["gemm_kernels"].clone();
-        if kernels != "AVX2+FMA" {
-            bail!("on the emulated {} vae-train recorded {kernels} kernels, expected AVX2+FMA", emulated.cpu);
-        }
-        let worst = largest_loss_difference(
-            &read_json(&native_dir.join("history.json"))?,
-            &read_json(&emulated_dir.join("history.json"))?,
-        )?;
-        if worst > LOSS_TOLERANCE {
-            bail!(
-                "the emulated run's losses differ from this machine's by {worst:e} (relative), more than {LOSS_TOLERANCE:e}"
-            );
-        }
-        let model_bytes = |dir: &Path| {
-            let path = dir.join("model.safetensors");
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-        };
-        let same_model = model_bytes(&native_dir)? == model_bytes(&emulated_dir)?;
-        let refused = train(emulated.command(vae_train).args(["--precision", "bf16"]), &scratch.join("bf16"))?;
-        let message = without_feature_warnings(&refused.stderr);
-        if refused.status.success() || !message.contains("needs a CPU with AVX-512 BF16") {
-            bail!("--precision bf16 was not refused on the emulated {} ({}):\n{message}", emulated.cpu, refused.status);
-        }
-        let losses = if worst == 0.0 { "the same losses".to_string() } else { format!("losses within {worst:.1e}") };
-        let model = if same_model { "the same bytes" } else { "other bytes" };
-        Ok(format!(
-            "vae-train took AVX2+FMA kernels and trained to {losses} as on this machine (model.safetensors: {model}); bf16 refused"
-        ))
-    })();
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    }
+    let kernels = read_json(&emulated_dir.join("config.json"))?["machine"]["gemm_kernels"].clone();
+    if kernels != "AVX2+FMA" {
+        bail!("on the emulated {} vae-train recorded {kernels} kernels, expected AVX2+FMA", emulated.cpu);
+    }
+    let worst = largest_loss_difference(
+        &read_json(&native_dir.join("history.json"))?,
+        &read_json(&emulated_dir.join("history.json"))?,
+    )?;
+    if worst > LOSS_TOLERANCE {
+        bail!(
+            "the emulated run's losses differ from this machine's by {worst:e} (relative), more than {LOSS_TOLERANCE:e}"
+        );
+    }
+    let model_bytes = |dir: &Path| {
+        let path = dir.join("model.safetensors");
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let same_model = model_bytes(&native_dir)? == model_bytes(&emulated_dir)?;
+    let refused = train(emulated.command(vae_train).args(["--precision", "bf16"]), &scratch.join("bf16"))?;
+    let message = without_feature_warnings(&refused.stderr);
+    if refused.status.success() || !message.contains("needs a CPU with AVX-512 BF16") {
+        bail!("--precision bf16 was not refused on the emulated {} ({}):\n{message}", emulated.cpu, refused.status);
+    }
+    let losses = if worst == 0.0 { "the same losses".to_string() } else { format!("losses within {worst:.1e}") };
+    let model = if same_model { "the same bytes" } else { "other bytes" };
+    Ok(format!(
+        "vae-train took AVX2+FMA kernels and trained to {losses} as on this machine (model.safetensors: {model}); bf16 refused"
+    ))
 }
 
 /// A fresh directory for the runs under the system's temporary directory.

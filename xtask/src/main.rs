@@ -104,11 +104,8 @@ fn ci() -> anyhow::Result<()> {
         }
     }
     let qemu = Path::new(emulate::DEFAULT_QEMU);
-    if !cfg!(target_arch = "x86_64") || !emulate::runs(qemu) {
-        eprintln!(
-            "skipped: the emulated AVX2 CPU (cargo xtask emulate) needs x86-64 and {} (Debian: qemu-user)",
-            qemu.display()
-        );
+    if let Some(why) = emulate::unavailable(qemu) {
+        eprintln!("skipped: the emulated AVX2 CPU (cargo xtask emulate): {why}");
         return Ok(());
     }
     eprintln!("$ cargo xtask emulate");
