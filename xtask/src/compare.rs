@@ -1,6 +1,8 @@
 //! `cargo xtask compare`: runs of one recipe (usually several seeds) tabled against the
 //! published reference: each published checkpoint's losses as the mean and range over
-//! the runs, in both conventions, and the later stages' figures where the runs have them.
+//! the runs, in both conventions, the later stages' figures where the runs have them,
+//! and each run's final figures on a line of its own (so that runs of several recipes
+//! show what each traded for what).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,15 +22,44 @@ pub struct CompareArgs {
     out: Option<PathBuf>,
 }
 
+/// What `compare` reads of one run directory.
+struct RunFigures {
+    /// The directory's name.
+    name: String,
+    history: Vec<EpochRecord>,
+    eval: Option<EvalSummary>,
+    metrics: Option<ClassifierSummary>,
+}
+
+impl RunFigures {
+    /// Reads `run`'s history, and its eval.json and metrics.json where they exist.
+    fn read(run: &Path) -> anyhow::Result<Self> {
+        fn optional<T: serde::de::DeserializeOwned>(run: &Path, name: &str) -> anyhow::Result<Option<T>> {
+            let path = run.join(name);
+            Ok(path.is_file().then(|| read_json(&path)).transpose()?)
+        }
+        Ok(Self {
+            name: run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            history: read_json(&run.join(file::HISTORY_JSON))?,
+            eval: optional(run, file::EVAL)?,
+            metrics: optional(run, file::METRICS)?,
+        })
+    }
+}
+
 /// Prints (and with `--out` writes) the tables.
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    let histories = args
+    let runs = args
         .runs
         .iter()
-        .map(|run| read_json(&run.join(file::HISTORY_JSON)).with_context(|| format!("reading {}", run.display())))
-        .collect::<anyhow::Result<Vec<Vec<EpochRecord>>>>()?;
+        .map(|run| RunFigures::read(run).with_context(|| format!("reading {}", run.display())))
+        .collect::<anyhow::Result<Vec<RunFigures>>>()?;
+    let histories: Vec<&[EpochRecord]> = runs.iter().map(|r| r.history.as_slice()).collect();
     let mut page = checkpoints(&histories, &Reference::published());
-    page.push_str(&later_stages(&args.runs)?);
+    let evals: Vec<EvalSummary> = runs.iter().filter_map(|r| r.eval.clone()).collect();
+    let metrics: Vec<ClassifierSummary> = runs.iter().filter_map(|r| r.metrics.clone()).collect();
+    page.push_str(&later_stage_table(&evals, &metrics));
+    page.push_str(&per_run_table(&runs, &Reference::published()));
     print!("{page}");
     if let Some(out) = &args.out {
         vae_data::write_atomic(out, page.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
@@ -53,7 +84,7 @@ fn spread(values: &[f64], decimals: usize) -> String {
 }
 
 /// The losses of every run at each of the reference's published checkpoints.
-fn checkpoints(histories: &[Vec<EpochRecord>], reference: &Reference) -> String {
+fn checkpoints(histories: &[&[EpochRecord]], reference: &Reference) -> String {
     let mut table = String::from(
         "Each cell: the mean ± the sample standard deviation (min–max) over the runs.\n\n| epoch | runs | train loss | test loss, z sampled | test loss, z = mean | published train | published test | runs ≤ published test: z = mean / z sampled |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -79,24 +110,9 @@ fn checkpoints(histories: &[Vec<EpochRecord>], reference: &Reference) -> String 
     table
 }
 
-/// The evaluation's and the classifier's figures over the runs that have them.
-fn later_stages(runs: &[PathBuf]) -> anyhow::Result<String> {
-    let present = |run: &Path, name: &str| run.join(name).is_file();
-    let evals: Vec<EvalSummary> = runs
-        .iter()
-        .filter(|r| present(r, file::EVAL))
-        .map(|r| read_json(&r.join(file::EVAL)))
-        .collect::<Result<_, _>>()?;
-    let metrics: Vec<ClassifierSummary> = runs
-        .iter()
-        .filter(|r| present(r, file::METRICS))
-        .map(|r| read_json(&r.join(file::METRICS)))
-        .collect::<Result<_, _>>()?;
-    Ok(later_stage_table(&evals, &metrics))
-}
-
-/// The table of [`later_stages`]: losses and bounds to 2 places, accuracies to 4; the
-/// probes of `mu` alone over the runs whose classifier ran them.
+/// The evaluation's and the classifier's figures over the runs that have them: losses
+/// and bounds to 2 places, accuracies to 4; the probes of `mu` alone over the runs whose
+/// classifier ran them.
 fn later_stage_table(evals: &[EvalSummary], metrics: &[ClassifierSummary]) -> String {
     if evals.is_empty() && metrics.is_empty() {
         return String::new();
@@ -115,6 +131,37 @@ fn later_stage_table(evals: &[EvalSummary], metrics: &[ClassifierSummary]) -> St
     if !probes.is_empty() {
         row("LinearSVC accuracy on `mu`", probes.iter().map(|p| p.linear_svc_accuracy).collect(), 4);
         row("10-NN accuracy on `mu`", probes.iter().map(|p| p.knn10_accuracy).collect(), 4);
+    }
+    table
+}
+
+/// One line per run: its last epoch's test losses, IWAE bound, active units and
+/// LinearSVC accuracy (`–` where a stage did not run), then the published figures.
+fn per_run_table(runs: &[RunFigures], reference: &Reference) -> String {
+    let mut table = String::from(
+        "\n| run | epochs | last test loss, z sampled / z = mean | IWAE bound | active units | LinearSVC `[mu \\| logvar]` |\n|---|---|---|---|---|---|\n",
+    );
+    let missing = || "–".to_string();
+    for run in runs {
+        let last =
+            run.history.last().map_or_else(missing, |r| format!("{:.2} / {:.2}", r.test_loss, r.test_loss_at_mean));
+        let _ = writeln!(
+            table,
+            "| {} | {} | {last} | {} | {} | {} |",
+            run.name,
+            run.history.len(),
+            run.eval.as_ref().map_or_else(missing, |e| format!("{:.2}", e.iwae)),
+            run.eval.as_ref().map_or_else(missing, |e| e.active_units.to_string()),
+            run.metrics.as_ref().map_or_else(missing, |m| format!("{:.4}", m.metrics.accuracy)),
+        );
+    }
+    if let Some(&(epoch, _, test)) = reference.losses.last() {
+        let _ = writeln!(
+            table,
+            "| published | {} | – / {test:.2} | – | – | {:.4} |",
+            epoch + 1,
+            reference.linear_svc.accuracy
+        );
     }
     table
 }
@@ -143,8 +190,8 @@ mod tests {
             losses: vec![(0, 150.0, 118.0), (1, 110.0, 105.0)],
             ..Reference::published()
         };
-        let histories = vec![vec![record(0, 120.0, 117.0), record(1, 104.0, 101.0)], vec![record(0, 122.0, 119.0)]];
-        let table = checkpoints(&histories, &reference);
+        let (first, second) = ([record(0, 120.0, 117.0), record(1, 104.0, 101.0)], [record(0, 122.0, 119.0)]);
+        let table = checkpoints(&[&first, &second], &reference);
         assert!(table.contains("| 0 | 2 | 100.00 ± 0.00 (100.00–100.00) | 121.00 ± 1.41 (120.00–122.00) | 118.00 ± 1.41 (117.00–119.00) | 150.00 | 118.00 | 1 / 0 |"), "{table}");
         assert!(table.contains("| 1 | 1 | 100.00 | 104.00 | 101.00 | 110.00 | 105.00 | 1 / 1 |"), "{table}");
         assert_eq!(spread(&[], 2), "n/a");
@@ -162,6 +209,32 @@ mod tests {
             mu_probes: mu_probes
                 .map(|(linear_svc_accuracy, knn10_accuracy)| MuProbes { linear_svc_accuracy, knn10_accuracy }),
         }
+    }
+
+    #[test]
+    fn per_run_table_gives_each_run_s_last_epoch_and_dashes_for_stages_not_run() {
+        let eval = EvalSummary {
+            k: 16,
+            images: 10_000,
+            elbo: -97.5,
+            iwae: -94.8,
+            test_loss_at_mean: 93.4,
+            kl_per_dimension: vec![2.0; 10],
+            active_units: 9,
+        };
+        let runs = [
+            RunFigures {
+                name: "finished".into(),
+                history: vec![record(0, 108.0, 104.0), record(1, 97.53, 93.4)],
+                eval: Some(eval),
+                metrics: Some(classifier_summary(0.9304, None)),
+            },
+            RunFigures { name: "training".into(), history: vec![record(0, 118.5, 115.0)], eval: None, metrics: None },
+        ];
+        let table = per_run_table(&runs, &Reference::published());
+        assert!(table.contains("| finished | 2 | 97.53 / 93.40 | -94.80 | 9 | 0.9304 |"), "{table}");
+        assert!(table.contains("| training | 1 | 118.50 / 115.00 | – | – | – |"), "{table}");
+        assert!(table.contains("| published | 20 | – / 101.55 | – | – | 0.9316 |"), "{table}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   `vae-model`'s layers and encoder, the classifier's fit, t-SNE), or with
 //!   `--pytorch PYTHON` our step and encoder beside PyTorch's.
 //! - `cargo xtask study`: the objectives side by side, tabled in `docs/study.md`.
-//! - `cargo xtask compare RUN...`: runs of one recipe (seeds) against the published figures.
+//! - `cargo xtask compare RUN...`: runs (seeds of one recipe, or several recipes) against the published figures.
 //! - `cargo xtask emulate`: the kernels' tests and a short training run on an emulated CPU
 //!   without AVX-512 (QEMU), checking the path the same binary takes on AVX2 machines.
 
@@ -45,8 +45,8 @@ enum Task {
     /// VAE under one budget and seed, and table them in docs/study.md
     Study(study::StudyArgs),
     /// Table runs of one recipe (e.g. three seeds) against the published reference: each
-    /// published checkpoint's losses as mean ± standard deviation (min–max), both conventions, and
-    /// the later stages' figures
+    /// published checkpoint's losses as mean ± standard deviation (min–max), both conventions,
+    /// the later stages' figures, and each run's final figures on a line of its own
     Compare(compare::CompareArgs),
     /// Run the kernels' tests and a short training run on an emulated CPU without
     /// AVX-512 (QEMU's user mode, an AMD Zen 3 by default): the AVX2 kernels must be the
