@@ -54,12 +54,13 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         .iter()
         .map(|run| RunFigures::read(run).with_context(|| format!("reading {}", run.display())))
         .collect::<anyhow::Result<Vec<RunFigures>>>()?;
+    let reference = Reference::published();
     let histories: Vec<&[EpochRecord]> = runs.iter().map(|r| r.history.as_slice()).collect();
-    let mut page = checkpoints(&histories, &Reference::published());
+    let mut page = checkpoints(&histories, &reference);
     let evals: Vec<EvalSummary> = runs.iter().filter_map(|r| r.eval.clone()).collect();
     let metrics: Vec<ClassifierSummary> = runs.iter().filter_map(|r| r.metrics.clone()).collect();
     page.push_str(&later_stage_table(&evals, &metrics));
-    page.push_str(&per_run_table(&runs, &Reference::published()));
+    page.push_str(&per_run_table(&runs, &reference));
     print!("{page}");
     if let Some(out) = &args.out {
         vae_data::write_atomic(out, page.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
